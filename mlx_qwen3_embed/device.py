@@ -1,0 +1,46 @@
+"""Device strategy, in one place: which dtype to compute in and whether to dequantize quantized weights.
+
+Measured on MLX's CPU backend (../shared/REFERENCE.md): fp32 matmul through an optimised BLAS runs at ~240
+GFLOP/s, while bf16 matmul (7) and 4-bit quantized_matmul (3) are 30-60x slower. So on CPU we compute in
+float32 and dequantize at load time. On Metal, bf16 and quantized matmul are the fast kernels (and bf16 does
+not overflow where fp16 can), so there we keep the checkpoint's quantized weights and compute in bfloat16.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import mlx.core as mx
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    device: str            # "cpu" or "gpu"
+    dtype: mx.Dtype        # compute dtype of float weights and activations
+    dequantize: bool       # replace quantized layers by float ones at load time
+    batch_tokens: int      # default token budget of one forward pass (padded tokens)
+
+    @property
+    def stream(self) -> mx.Device:
+        return mx.cpu if self.device == "cpu" else mx.gpu
+
+
+def plan(device: Optional[str] = None, dtype: Optional[str] = None,
+         dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None) -> DevicePlan:
+    """The defaults for `device` (default: MLX's default device), each overridable."""
+    if device is None:
+        device = "gpu" if mx.default_device() == mx.gpu else "cpu"
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    on_cpu = device == "cpu"
+    if batch_tokens is not None and batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be a positive number of tokens, got {batch_tokens}")
+    return DevicePlan(
+        device=device,
+        dtype=DTYPES[dtype] if dtype else (mx.float32 if on_cpu else mx.bfloat16),
+        dequantize=on_cpu if dequantize is None else dequantize,
+        batch_tokens=batch_tokens or (2048 if on_cpu else 8192),
+    )

@@ -1,0 +1,177 @@
+"""Embedder: texts -> float32 unit vectors. The one place tokenizer, batching, model and pooling meet."""
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import mlx.core as mx
+import numpy as np
+
+from . import pooling as _pooling
+from .batching import pad_right, plan_batches
+from .config import ModelArgs
+from .device import DevicePlan, plan
+from .model import Qwen3
+from .tokenizer import Tokenizer, apply_prompt, query_prompt, read_prompts
+from .weights import load_model, resolve
+
+Texts = Union[str, Sequence[str]]
+
+
+class Embedder:
+    """A loaded Qwen3-Embedding model. Make one with `mlx_qwen3_embed.load`."""
+
+    def __init__(self, model: Qwen3, tokenizer: Tokenizer, args: ModelArgs, device: DevicePlan, *,
+                 name: str, folder: Path, max_length: int, pooling: str = "last",
+                 prompts: Optional[dict[str, str]] = None):
+        self.model, self.tokenizer, self.args, self.device = model, tokenizer, args, device
+        self.name, self.folder, self.max_length, self.pooling = name, folder, max_length, pooling
+        self.prompts = prompts or {}
+
+    @property
+    def dim(self) -> int:
+        """Full embedding size (hidden_size)."""
+        return self.args.hidden_size
+
+    def tokenize(self, texts: Texts, *, instruction: Optional[str] = None, prompt_name: Optional[str] = None,
+                 prompt: Optional[str] = None, max_length: Optional[int] = None,
+                 truncate: bool = True) -> list[list[int]]:
+        """Texts -> token ids as the model reads them: prompt applied, each ending in one <|endoftext|>."""
+        texts = _check_texts(texts)
+        prefix = self._prompt(instruction, prompt_name, prompt)
+        return self.tokenizer.encode(apply_prompt(texts, prefix), self._max_length(max_length), truncate)
+
+    def embed(self, texts: Texts, *, instruction: Optional[str] = None, prompt_name: Optional[str] = None,
+              prompt: Optional[str] = None, dim: Optional[int] = None, normalize: bool = True,
+              pooling: Optional[str] = None, batch_tokens: Optional[int] = None,
+              max_length: Optional[int] = None, truncate: bool = True) -> np.ndarray:
+        """Texts -> float32 vectors: a str gives (dim,), a list of N str gives (N, dim).
+
+        instruction: a task description for queries, sent as "Instruct: {instruction}\\nQuery:{text}".
+        prompt_name / prompt: a named prompt of the checkpoint ("query", "document") or a raw prefix.
+        dim: Matryoshka size (first `dim` values, then normalised). truncate=False: over-long input raises.
+        """
+        sequences = self.tokenize(texts, instruction=instruction, prompt_name=prompt_name, prompt=prompt,
+                                  max_length=max_length, truncate=truncate)
+        vectors = self._embed_sequences(sequences, dim, normalize, pooling, batch_tokens)
+        return vectors[0] if isinstance(texts, str) else vectors
+
+    def embed_ids(self, sequences: Sequence[Sequence[int]], *, dim: Optional[int] = None, normalize: bool = True,
+                  pooling: Optional[str] = None, batch_tokens: Optional[int] = None,
+                  max_length: Optional[int] = None, truncate: bool = True) -> np.ndarray:
+        """Pre-tokenized input (N lists of ids) -> (N, dim); each gets its final <|endoftext|> like text does."""
+        if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Sequence):
+            raise TypeError(f"sequences must be a list of lists of token ids, got {type(sequences).__name__}")
+        vocab = self.args.vocab_size
+        limit = self._max_length(max_length)
+        finished = []
+        for i, ids in enumerate(sequences):
+            if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+                raise TypeError(f"input {i} must be a list of token ids, got {type(ids).__name__}")
+            for t in ids:
+                if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < vocab:
+                    raise ValueError(f"input {i} holds {t!r}, not a token id in 0..{vocab - 1}")
+            finished.append(self.tokenizer.finish(ids, limit, truncate, i))
+        return self._embed_sequences(finished, dim, normalize, pooling, batch_tokens)
+
+    def embed_query(self, texts: Texts, instruction: Optional[str] = None, **kwargs) -> np.ndarray:
+        """Queries carry an instruction: the given one, else the checkpoint's "query" prompt."""
+        if instruction is not None:
+            return self.embed(texts, instruction=instruction, **kwargs)
+        return self.embed(texts, prompt_name="query", **kwargs)
+
+    def embed_document(self, texts: Texts, **kwargs) -> np.ndarray:
+        """Documents are embedded as they are (the checkpoint's "document" prompt, empty for Qwen3-Embedding)."""
+        return self.embed(texts, prompt_name="document", **kwargs)
+
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cosine similarity of unit vectors: (N, d) x (M, d) -> (N, M)."""
+        return np.atleast_2d(a) @ np.atleast_2d(b).T
+
+    def _embed_sequences(self, sequences: list[list[int]], dim: Optional[int], normalize: bool,
+                         pooling: Optional[str], batch_tokens: Optional[int]) -> np.ndarray:
+        dim = self._check_dim(dim)
+        method = pooling or self.pooling
+        if method not in _pooling.POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(_pooling.POOLINGS)}, got {method!r}")
+        if batch_tokens is not None and (isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int)
+                                         or batch_tokens < 1):
+            raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
+        vectors = np.empty((len(sequences), dim), dtype=np.float32)
+        for batch in plan_batches([len(s) for s in sequences], batch_tokens or self.device.batch_tokens):
+            input_ids, lengths = pad_right([sequences[i] for i in batch], self.tokenizer.eos_id)
+            with mx.stream(self.device.stream):
+                hidden = self.model(mx.array(input_ids)).astype(mx.float32)
+                pooled = _pooling.truncate(_pooling.pool(hidden, mx.array(lengths), method), dim)
+                vectors[batch] = np.array(_pooling.normalize(pooled) if normalize else pooled)
+        if not np.isfinite(vectors).all():
+            raise FloatingPointError(f"{self.name} produced non-finite vectors (dtype {self.device.dtype}): "
+                                     "load with dtype='float32'")
+        return vectors
+
+    def _prompt(self, instruction: Optional[str], prompt_name: Optional[str], prompt: Optional[str]) -> str:
+        given = [n for n, v in (("instruction", instruction), ("prompt_name", prompt_name), ("prompt", prompt))
+                 if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of instruction, prompt_name and prompt, got {' and '.join(given)}")
+        for name, value in (("instruction", instruction), ("prompt_name", prompt_name), ("prompt", prompt)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+        if instruction is not None:
+            return query_prompt(instruction)
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(f"unknown prompt_name {prompt_name!r}: this model has {', '.join(sorted(self.prompts))}")
+            return self.prompts[prompt_name]
+        return prompt or ""
+
+    def _max_length(self, max_length: Optional[int]) -> int:
+        if max_length is None:
+            return self.max_length
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length must be an int of at least 2 (text + <|endoftext|>), got {max_length!r}")
+        return max_length
+
+    def _check_dim(self, dim: Optional[int]) -> int:
+        if dim is None:
+            return self.dim
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= self.dim:
+            raise ValueError(f"dim must be between 1 and {self.dim}, got {dim!r}")
+        return int(dim)
+
+
+def _check_texts(texts: Texts) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if texts is None or isinstance(texts, bytes) or not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
+    return list(texts)
+
+
+def _default_max_length(folder: Path, args: ModelArgs) -> int:
+    path = folder / "sentence_bert_config.json"
+    if path.is_file():
+        value = json.loads(path.read_text()).get("max_seq_length")
+        if value:
+            return min(int(value), args.max_position_embeddings)
+    return args.max_position_embeddings
+
+
+def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
+         dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None, max_length: Optional[int] = None,
+         pooling: str = "last", revision: Optional[str] = None) -> Embedder:
+    """A local folder or hub id -> Embedder. Device choices (dtype, dequantize, batch_tokens) default per device."""
+    if pooling not in _pooling.POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(_pooling.POOLINGS)}, got {pooling!r}")
+    folder = resolve(model, revision)
+    device_plan = plan(device, dtype, dequantize, batch_tokens)
+    qwen, args = load_model(folder, device_plan)
+    tokenizer = Tokenizer(folder)
+    embedder = Embedder(qwen, tokenizer, args, device_plan, name=str(model), folder=folder,
+                        max_length=_default_max_length(folder, args), pooling=pooling, prompts=read_prompts(folder))
+    embedder.max_length = embedder._max_length(max_length)
+    return embedder

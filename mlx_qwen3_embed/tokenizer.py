@@ -1,0 +1,73 @@
+"""Text -> token ids for Qwen3-Embedding: instruction prompts, exactly one <|endoftext|>, truncation."""
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from tokenizers import Tokenizer as _HFTokenizer
+
+EOS = "<|endoftext|>"
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+def query_prompt(instruction: str) -> str:
+    """The prefix the model was trained with for instructed inputs (no space after 'Query:')."""
+    return f"Instruct: {instruction}\nQuery:"
+
+
+def read_prompts(folder: Path) -> dict[str, str]:
+    """Named prompts of config_sentence_transformers.json, e.g. {"query": "Instruct: ...\\nQuery:", "document": ""}."""
+    path = folder / "config_sentence_transformers.json"
+    prompts = json.loads(path.read_text()).get("prompts", {}) if path.is_file() else {}
+    return {"query": query_prompt(DEFAULT_INSTRUCTION), "document": "", **prompts}
+
+
+class Tokenizer:
+    """tokenizer.json through HF `tokenizers`; every sequence ends in exactly one <|endoftext|>.
+
+    Converted checkpoints may ship a tokenizer whose post-processor does not append <|endoftext|>, and current
+    hub files do; so we encode without the post-processor and append it ourselves, the same ids either way.
+    """
+
+    def __init__(self, folder: Path):
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer.json in {folder}: is this a model folder?")
+        self._tokenizer = _HFTokenizer.from_file(str(path))
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        self.eos_id = self._tokenizer.token_to_id(EOS)
+        if self.eos_id is None:
+            raise ValueError(f"{path} has no {EOS} token: not a Qwen3 tokenizer")
+
+    def encode(self, texts: list[str], max_length: int, truncate: bool = True) -> list[list[int]]:
+        """Each text -> ids ending in one <|endoftext|>, at most `max_length` of them.
+
+        Over-long texts keep their first max_length-1 tokens and the final <|endoftext|> (the pooled token);
+        with truncate=False they raise ValueError naming the input's index and token count instead.
+        """
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        return [self.finish(e.ids, max_length, truncate, i) for i, e in enumerate(encodings)]
+
+    def finish(self, ids: list[int], max_length: int, truncate: bool = True, index: int = 0) -> list[int]:
+        """End `ids` in exactly one <|endoftext|> and fit them into `max_length` (see `encode`)."""
+        ids = list(ids)
+        while ids and ids[-1] == self.eos_id:  # a text that itself ends in the token
+            ids.pop()
+        if len(ids) + 1 > max_length:
+            if not truncate:
+                raise ValueError(f"input {index} has {len(ids) + 1} tokens, more than max_length {max_length}: "
+                                 "shorten it, raise max_length, or allow truncation")
+            ids = ids[: max_length - 1]
+        return ids + [self.eos_id]
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+
+def apply_prompt(texts: list[str], prompt: Optional[str]) -> list[str]:
+    return texts if not prompt else [prompt + t for t in texts]

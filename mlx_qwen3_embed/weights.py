@@ -1,0 +1,128 @@
+"""Path or hub id -> a loaded Qwen3: safetensors shards, key clean-up, strict checks, the quantized layout."""
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from .config import ModelArgs
+from .device import DevicePlan
+from .model import Qwen3
+
+# What a model folder needs; the hub repos also hold ONNX/GGUF copies we must not download.
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "tokenizer.model", "1_Pooling/*"]
+
+
+def resolve(path_or_id: str, revision: Optional[str] = None) -> Path:
+    """A local model folder, or a hub id fetched through huggingface_hub (its cache and HF_HUB_OFFLINE apply)."""
+    if not isinstance(path_or_id, (str, os.PathLike)):
+        raise TypeError(f"model must be a folder path or a hub id (str), got {type(path_or_id).__name__}")
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    text = str(path_or_id)
+    if path.exists() or text.startswith(("/", ".", "~")) or text.count("/") != 1:
+        raise FileNotFoundError(f"no model folder at {text}: give a folder holding config.json and *.safetensors, "
+                                "or a hub id such as mlx-community/Qwen3-Embedding-0.6B-4bit-DWQ")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(text, revision=revision, allow_patterns=HUB_FILES))
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(f"{text} is not in the Hugging Face cache and the hub cannot be reached "
+                                "(offline?): download it once with network, or give a local folder") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"no hub repository {text}: check the id, or give a local folder") from None
+    except HfHubHTTPError as e:
+        raise FileNotFoundError(f"could not fetch {text} from the hub: {e}") from None
+
+
+def read_config(folder: Path) -> ModelArgs:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {folder}: is this a model folder?")
+    return ModelArgs.from_dict(json.loads(path.read_text()))
+
+
+def read_tensors(folder: Path) -> dict[str, mx.array]:
+    """All tensors of the checkpoint, keys without the `model.` prefix, lm_head dropped (embeddings need none)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [folder / n for n in names]
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"{index} names {f.name}, which is missing: the download is incomplete")
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {folder}: is this a model folder?")
+    tensors = {}
+    for f in files:
+        for key, value in mx.load(str(f)).items():
+            key = key.removeprefix("model.")
+            if not key.startswith("lm_head."):
+                tensors[key] = value
+    return tensors
+
+
+def dequantize(tensors: dict[str, mx.array], args: ModelArgs, dtype: mx.Dtype) -> dict[str, mx.array]:
+    """Replace each quantized (weight, scales, biases) triple by its float weight."""
+    out = {}
+    for key, value in tensors.items():
+        module, _, name = key.rpartition(".")
+        if name in ("scales", "biases") and f"{module}.scales" in tensors:
+            continue
+        if name == "weight" and f"{module}.scales" in tensors:
+            q = args.quantization_for(module) or {}
+            scales = tensors[f"{module}.scales"].astype(mx.float32)
+            biases = tensors.get(f"{module}.biases")
+            value = mx.dequantize(value, scales, None if biases is None else biases.astype(mx.float32),
+                                  group_size=q.get("group_size", 64), bits=q.get("bits", 4),
+                                  mode=q.get("mode", "affine"))
+        out[key] = value.astype(dtype) if mx.issubdtype(value.dtype, mx.floating) else value
+    return out
+
+
+def check(model: nn.Module, tensors: dict[str, mx.array], folder: Path) -> None:
+    """Raise, naming the tensor and the folder, unless `tensors` match the model's parameters exactly."""
+    expected = dict(tree_flatten(model.parameters()))
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        raise ValueError(f"{folder} lacks tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                         + ": the checkpoint is incomplete or not a Qwen3-Embedding model")
+    if unexpected:
+        raise ValueError(f"{folder} holds unexpected tensor {unexpected[0]}"
+                         + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+                         + ": config.json does not describe these weights")
+    for key, value in expected.items():
+        if value.shape != tensors[key].shape:
+            raise ValueError(f"tensor {key} in {folder} has shape {tuple(tensors[key].shape)}, "
+                             f"config.json implies {tuple(value.shape)}")
+
+
+def load_model(folder: Path, plan: DevicePlan) -> tuple[Qwen3, ModelArgs]:
+    """Build the Qwen3 of `folder` and load its weights, dequantized or not as `plan` says."""
+    args = read_config(folder)
+    tensors = read_tensors(folder)
+    quantized = [k.removesuffix(".scales") for k in tensors if k.endswith(".scales")]
+    if quantized and not args.quantization:
+        raise ValueError(f"{folder} holds quantized tensors ({quantized[0]}.scales) but config.json has no "
+                         "'quantization' block: the config does not belong to these weights")
+    model = Qwen3(args)
+    if plan.dequantize:
+        tensors = dequantize(tensors, args, plan.dtype)
+    else:
+        tensors = {k: v.astype(plan.dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in tensors.items()}
+        modules = set(quantized)
+        nn.quantize(model, class_predicate=lambda path, _: path in modules and args.quantization_for(path))
+    check(model, tensors, folder)
+    model.update(tree_unflatten(list(tensors.items())))
+    mx.eval(model.parameters())
+    return model, args
