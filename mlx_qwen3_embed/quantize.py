@@ -1,0 +1,285 @@
+"""Original Hugging Face Qwen3-Embedding weights -> an mlx-community style quantized folder, written atomically.
+
+`convert` = `load_float` -> `quantize` -> [the embedding-distillation step goes here] -> `save`. The folder it
+writes is the one mlx-lm's own `quantize_model`/`save_model`/`save_config` write (keys with `model.`, a
+"quantization" block with per-module overrides mirrored as "quantization_config", `format: mlx` safetensors
+metadata, an index json), so mlx-lm and `mlx_qwen3_embed.load` both read it.
+"""
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from .config import ModelArgs
+from .device import DTYPES
+from .model import Qwen3
+from .tokenizer import EOS
+from .weights import check, read_config, read_tensors, resolve
+
+BITS = (2, 3, 4, 5, 6, 8)
+GROUP_SIZES = (32, 64, 128)
+# Files of a model folder that are not weights and travel unchanged (tokenizer.json may be patched, see below)
+EXTRA_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+               "added_tokens.json", "generation_config.json", "tokenizer.model", "modules.json",
+               "sentence_bert_config.json", "config_sentence_transformers.json", "README.md", "LICENSE"]
+
+
+# Mixed-precision recipes: module path (without `model.`) and layer count -> bits of that module.
+# Sensitivity follows llama.cpp's Q4_K_M / mlx-lm's mixed_3_6: v_proj and down_proj of the first and last
+# eighth of the layers (and every third in between) matter most; the token table is read for every token.
+def _sensitive(path: str, num_layers: int) -> bool:
+    if path == "embed_tokens":
+        return True
+    if not path.startswith("layers.") or not path.endswith(("v_proj", "down_proj")):
+        return False
+    i = int(path.split(".")[1])
+    return i < num_layers // 8 or i >= 7 * num_layers // 8 or (i - num_layers // 8) % 3 == 2
+
+
+def mixed_4_6(path: str, num_layers: int) -> int:
+    """4 bits; 6 for embed_tokens and the sensitive v_proj/down_proj (5.22 bits per weight on 0.6B, 4.50 uniform)."""
+    return 6 if _sensitive(path, num_layers) else 4
+
+
+def mixed_4_8(path: str, num_layers: int) -> int:
+    """4 bits; 8 for embed_tokens, every down_proj, and all of the first and last layer (6.30 bits/weight on 0.6B)."""
+    if path == "embed_tokens" or path.endswith("down_proj"):
+        return 8
+    if path.startswith("layers."):
+        i = int(path.split(".")[1])
+        if i in (0, num_layers - 1):
+            return 8
+    return 4
+
+
+RECIPES: dict[str, Callable[[str, int], int]] = {"mixed_4_6": mixed_4_6, "mixed_4_8": mixed_4_8}
+
+
+def load_float(src: str, dtype: Optional[str] = None) -> tuple[Qwen3, dict, Path]:
+    """Hub id or folder of original (unquantized) weights -> (Qwen3 in `dtype`, its config.json dict, folder).
+
+    dtype: "bfloat16" | "float16" | "float32"; default the checkpoint's own (`torch_dtype`), as mlx-lm does.
+    """
+    folder = resolve(src)
+    args = read_config(folder)
+    config = json.loads((folder / "config.json").read_text())
+    dtype = dtype or config.get("torch_dtype") or config.get("dtype") or "bfloat16"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    tensors = read_tensors(folder)
+    quantized = next((k for k in tensors if k.endswith(".scales")), None)
+    if quantized or args.quantization:
+        raise ValueError(f"{src} is already quantized ({quantized or 'config.json has a quantization block'}): "
+                         "convert from the original float weights, e.g. Qwen/Qwen3-Embedding-0.6B")
+    config["torch_dtype"] = dtype  # the dtype of the scales, biases and norms we write
+    model = Qwen3(args)
+    check(model, tensors, folder)
+    model.update(tree_unflatten([(k, v.astype(DTYPES[dtype])) for k, v in tensors.items()]))
+    mx.eval(model.parameters())
+    return model, config, folder
+
+
+def quantize(model: Qwen3, config: dict, bits: Optional[int] = None, group_size: int = 64,
+             recipe: Optional[str] = None) -> dict:
+    """Quantize `model` in place (affine, nn.quantize) and return the config with mlx-lm's quantization block.
+
+    bits: 2..8 for every Linear and the Embedding; or recipe: a name in RECIPES choosing bits per module.
+    A layer whose input size `group_size` does not divide stays float, as in mlx-lm.
+    """
+    bits = check_settings(bits, group_size, recipe)
+    choose = RECIPES[recipe] if recipe else (lambda path, num_layers: bits)
+    num_layers = len(model.layers)
+    # the bits most modules get go in the top-level block; the others become per-module overrides
+    chosen = [choose(path, num_layers) for path, m in model.named_modules() if hasattr(m, "to_quantized")]
+    base = max(set(chosen), key=chosen.count)
+    block = {"group_size": group_size, "bits": base, "mode": "affine"}
+
+    def predicate(path: str, module: nn.Module):
+        if not hasattr(module, "to_quantized") or module.weight.shape[-1] % group_size:
+            return False
+        module_bits = choose(path, num_layers)
+        if module_bits == base:
+            return True
+        block[f"model.{path}"] = {"group_size": group_size, "bits": module_bits, "mode": "affine"}
+        return {"group_size": group_size, "bits": module_bits, "mode": "affine"}
+
+    nn.quantize(model, group_size, base, mode="affine", class_predicate=predicate)
+    mx.eval(model.parameters())
+    config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    # The 8B says untied but ships no lm_head; an embedding model needs none, and "tied" lets mlx-lm load it
+    config["tie_word_embeddings"] = True
+    config["quantization"] = block
+    return config
+
+
+class _Prefixed(nn.Module):
+    """Our Qwen3 under the attribute `model`, so its parameters flatten to mlx-lm's `model.`-prefixed keys."""
+
+    def __init__(self, model: Qwen3):
+        super().__init__()
+        self.model = model
+
+
+def save(model: Qwen3, config: dict, src_folder: Path, dst: str, dtype: Optional[str] = None) -> dict:
+    """Write `model` + `config` + the tokenizer and sentence-transformers files of `src_folder` to `dst`, atomically.
+
+    Builds everything in a hidden temporary folder next to `dst` and renames it at the end, so an interrupted
+    run leaves nothing at `dst`. Refuses an existing `dst` (FileExistsError). Returns `summary(dst)`.
+    """
+    from mlx_lm.utils import save_config, save_model
+
+    dst = Path(dst).expanduser()
+    refuse_existing(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:  # scales, biases and norms in the output dtype (the packed uint32 weights stay)
+        model.update(tree_map(lambda a: a.astype(DTYPES[dtype]) if mx.issubdtype(a.dtype, mx.floating) else a,
+                              model.parameters()))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    try:
+        save_model(tmp, _Prefixed(model))
+        save_config(dict(config), tmp / "config.json")
+        copy_extra_files(src_folder, tmp, config["hidden_size"])
+        refuse_existing(dst)  # another run may have finished meanwhile
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary(dst)
+
+
+def convert(src: str, dst: str, *, bits: Optional[int] = None, group_size: int = 64, recipe: Optional[str] = None,
+            dtype: Optional[str] = None) -> dict:
+    """Original weights at `src` (folder or hub id) -> quantized mlx-community layout at `dst`.
+
+    Returns `summary(dst)`: {"path", "size_bytes", "parameters", "bits_per_weight", "quantization"}.
+    """
+    # fail on bad settings or an existing dst before minutes of loading and quantizing
+    check_settings(bits, group_size, recipe)
+    refuse_existing(Path(dst).expanduser())
+    model, config, folder = load_float(src, dtype)
+    config = quantize(model, config, bits, group_size, recipe)
+    # The embedding-distillation step (--dwq, distill.py) goes here: it tunes `model`'s scales/biases in place
+    # against a float teacher (a second `load_float(src)`), between "quantized in memory" and "saved".
+    return save(model, config, folder, dst)
+
+
+def check_settings(bits: Optional[int], group_size: int, recipe: Optional[str]) -> int:
+    """Raise ValueError naming a bad setting; return the bits to use (4 unless given)."""
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if recipe is not None and bits is not None:
+        raise ValueError(f"recipe {recipe} sets its own bits per module: drop bits (--bits) or the recipe")
+    bits = 4 if bits is None else bits
+    if isinstance(bits, bool) or bits not in BITS:
+        raise ValueError(f"bits must be one of {', '.join(map(str, BITS))}, got {bits!r}")
+    if isinstance(group_size, bool) or group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size!r}")
+    return bits
+
+
+def refuse_existing(dst: Path) -> None:
+    if dst.exists() or dst.is_symlink():
+        raise FileExistsError(f"{dst} already exists: choose a new destination or remove it first")
+
+
+def copy_extra_files(src: Path, dst: Path, hidden_size: int) -> None:
+    """Tokenizer and sentence-transformers files; tokenizer.json made to append <|endoftext|> if it did not."""
+    for name in EXTRA_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+    for sub in sorted(src.glob("[0-9]_*")):  # 1_Pooling/, 2_Normalize/ of sentence-transformers
+        if sub.is_dir():
+            shutil.copytree(sub, dst / sub.name)
+    if not (dst / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer.json in {src}: the converted model could not tokenize text")
+    append_eos(dst / "tokenizer.json")
+    if not (dst / "modules.json").is_file():
+        write_sentence_transformers_files(dst, hidden_size)
+
+
+def append_eos(path: Path) -> bool:
+    """Make tokenizer.json end every sequence in <|endoftext|> (what the model pools); True if it was changed."""
+    from tokenizers import Tokenizer, processors
+
+    tokenizer = Tokenizer.from_file(str(path))
+    eos = tokenizer.token_to_id(EOS)
+    if eos is None:
+        raise ValueError(f"{path} has no {EOS} token: not a Qwen3 tokenizer")
+    if tokenizer.encode("a").ids[-1:] == [eos]:
+        return False
+    template = processors.TemplateProcessing(single=f"$A {EOS}", pair=f"$A {EOS} $B:1 {EOS}:1",
+                                             special_tokens=[(EOS, eos)])
+    current = tokenizer.post_processor
+    tokenizer.post_processor = template if current is None else processors.Sequence([current, template])
+    tokenizer.save(str(path))
+    return True
+
+
+def write_sentence_transformers_files(folder: Path, hidden_size: int) -> None:
+    """The model card's sentence-transformers setup, for sources (fine-tunes) that lack it: last-token pooling."""
+    from .tokenizer import DEFAULT_INSTRUCTION, query_prompt
+
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}], indent=2))
+    if not (folder / "config_sentence_transformers.json").is_file():
+        (folder / "config_sentence_transformers.json").write_text(json.dumps({
+            "prompts": {"query": query_prompt(DEFAULT_INSTRUCTION), "document": ""},
+            "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden_size, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": True, "include_prompt": True}, indent=2))
+    (folder / "2_Normalize").mkdir(exist_ok=True)
+
+
+def summary(folder: Path) -> dict:
+    """Size on disk, parameter count and bits per weight of a checkpoint, from safetensors headers (no loading).
+
+    bits per weight = stored bytes * 8 / parameters, counting a quantized matrix by its unpacked size (mlx-lm's
+    definition), so scales and biases are included: 4-bit, group 64 with bf16 scales gives 4.5.
+    """
+    folder = Path(folder)
+    args = read_config(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {folder}: is this a model folder?")
+    headers = {}
+    for f in files:
+        headers |= {k.removeprefix("model."): v for k, v in read_header(f).items()}
+    parameters = tensor_bytes = 0
+    for key, info in headers.items():
+        count = 1
+        for n in info["shape"]:
+            count *= n
+        start, end = info["data_offsets"]
+        tensor_bytes += end - start
+        module, _, name = key.rpartition(".")
+        if name in ("scales", "biases") and f"{module}.scales" in headers:
+            continue
+        if name == "weight" and f"{module}.scales" in headers:
+            count = count * 32 // (args.quantization_for(module) or {}).get("bits", 4)
+        parameters += count
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return {"path": str(folder), "size_bytes": size, "parameters": parameters,
+            "bits_per_weight": tensor_bytes * 8 / parameters if parameters else 0.0,
+            "quantization": args.quantization}
+
+
+def read_header(path: Path) -> dict:
+    """A safetensors file's tensor table {key: {"dtype", "shape", "data_offsets"}}, without reading tensors."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return header
