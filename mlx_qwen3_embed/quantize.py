@@ -1,6 +1,6 @@
 """Original Hugging Face Qwen3-Embedding weights -> an mlx-community style quantized folder, written atomically.
 
-`convert` = `load_float` -> `quantize` -> [the embedding-distillation step goes here] -> `save`. The folder it
+`convert` = `load_float` -> `quantize` -> [`distill.distill`, with dwq=True] -> `save`. The folder it
 writes is the one mlx-lm's own `quantize_model`/`save_model`/`save_config` write (keys with `model.`, a
 "quantization" block with per-module overrides mirrored as "quantization_config", `format: mlx` safetensors
 metadata, an index json), so mlx-lm and `mlx_qwen3_embed.load` both read it.
@@ -20,8 +20,9 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from .config import ModelArgs
 from .device import DTYPES
+from .distill import distill, read_calibration
 from .model import Qwen3
-from .tokenizer import EOS
+from .tokenizer import EOS, Tokenizer
 from .weights import check, read_config, read_tensors, resolve
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -156,19 +157,33 @@ def save(model: Qwen3, config: dict, src_folder: Path, dst: str, dtype: Optional
 
 
 def convert(src: str, dst: str, *, bits: Optional[int] = None, group_size: int = 64, recipe: Optional[str] = None,
-            dtype: Optional[str] = None) -> dict:
+            dtype: Optional[str] = None, dwq: bool = False, calibration: Optional[str] = None, steps: int = 300,
+            lr: float = 1e-3, batch_tokens: int = 2048, checkpoint: bool = False,
+            callback: Optional[Callable[[int, float], None]] = None) -> dict:
     """Original weights at `src` (folder or hub id) -> quantized mlx-community layout at `dst`.
 
-    Returns `summary(dst)`: {"path", "size_bytes", "parameters", "bits_per_weight", "quantization"}.
+    dwq=True tunes the quantized scales/biases so the vectors match the float model's on `calibration` texts
+    (distill.py; steps, lr, batch_tokens, checkpoint are its settings, callback(step, loss) its progress).
+    Returns `summary(dst)`: {"path", "size_bytes", "parameters", "bits_per_weight", "quantization"}, plus
+    "dwq": the DistillReport when dwq=True.
     """
-    # fail on bad settings or an existing dst before minutes of loading and quantizing
+    # fail on bad settings, an existing dst or a bad calibration file before minutes of loading and quantizing
     check_settings(bits, group_size, recipe)
     refuse_existing(Path(dst).expanduser())
+    texts = read_calibration(calibration) if dwq else None
     model, config, folder = load_float(src, dtype)
     config = quantize(model, config, bits, group_size, recipe)
-    # The embedding-distillation step (--dwq, distill.py) goes here: it tunes `model`'s scales/biases in place
-    # against a float teacher (a second `load_float(src)`), between "quantized in memory" and "saved".
-    return save(model, config, folder, dst)
+    report = None
+    if dwq:
+        # an fp32 teacher on CPU (bf16 matmul is 30x slower there), the checkpoint's dtype on Metal; passed
+        # inline so that distill frees it once its targets are computed
+        teacher_dtype = "float32" if mx.default_device() == mx.cpu else None
+        report = distill(load_float(src, teacher_dtype)[0], model, Tokenizer(folder), texts, steps=steps, lr=lr,
+                         batch_tokens=batch_tokens, checkpoint=checkpoint, callback=callback)
+    result = save(model, config, folder, dst)
+    if report is not None:
+        result["dwq"] = report
+    return result
 
 
 def check_settings(bits: Optional[int], group_size: int, recipe: Optional[str]) -> int:

@@ -214,3 +214,22 @@ def test_bad_settings_raise_before_loading(settings, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         quantize.convert(str(tmp_path / "does-not-exist"), str(tmp_path / "out"), **settings)
     assert not (tmp_path / "out").exists()
+
+
+def test_dwq_convert_writes_a_loadable_checkpoint_and_reports_held_out_cosine(hub_model, tmp_path):
+    calibration = tmp_path / "calibration.jsonl"
+    calibration.write_text("\n".join(json.dumps({"text": t, "kind": "document"}) for t in TEXTS if t) + "\n")
+    losses = []
+    result = quantize.convert(str(hub_model), str(tmp_path / "out"), bits=4, group_size=32, dwq=True,
+                              calibration=str(calibration), steps=3, callback=lambda step, loss: losses.append(loss))
+    report = result["dwq"]
+    assert report.steps == 3 and len(losses) == 3 and report.kept in ("distilled", "rounded")
+    assert report.after_mean >= report.before_mean  # the better of the two is kept
+    assert mqe.load(result["path"]).embed(TEXTS).shape == (len(TEXTS), 64)
+
+
+def test_dwq_with_a_missing_calibration_file_fails_before_any_work(hub_model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no calibration file at"):
+        quantize.convert(str(hub_model), str(tmp_path / "out"), bits=4, dwq=True,
+                         calibration=str(tmp_path / "none.jsonl"))
+    assert list(tmp_path.iterdir()) == []
