@@ -11,6 +11,8 @@ from typing import Optional
 
 import mlx.core as mx
 
+from .blas import warn_if_slow
+
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
@@ -36,11 +38,14 @@ def plan(device: Optional[str] = None, dtype: Optional[str] = None,
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     on_cpu = device == "cpu"
+    if on_cpu:
+        warn_if_slow()
     if batch_tokens is not None and batch_tokens < 1:
         raise ValueError(f"batch_tokens must be a positive number of tokens, got {batch_tokens}")
     return DevicePlan(
         device=device,
         dtype=DTYPES[dtype] if dtype else (mx.float32 if on_cpu else mx.bfloat16),
         dequantize=on_cpu if dequantize is None else dequantize,
-        batch_tokens=batch_tokens or (2048 if on_cpu else 8192),
+        # CPU: 1024 measured fastest of 512-4096 tokens (bench/results/bench_steps.md)
+        batch_tokens=batch_tokens or (1024 if on_cpu else 8192),
     )

@@ -99,16 +99,32 @@ class Embedder:
                                          or batch_tokens < 1):
             raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
         vectors = np.empty((len(sequences), dim), dtype=np.float32)
+        pending = None
         for batch in plan_batches([len(s) for s in sequences], batch_tokens or self.device.batch_tokens):
             input_ids, lengths = pad_right([sequences[i] for i in batch], self.tokenizer.eos_id)
             with mx.stream(self.device.stream):
-                hidden = self.model(mx.array(input_ids)).astype(mx.float32)
-                pooled = _pooling.truncate(_pooling.pool(hidden, mx.array(lengths), method), dim)
-                vectors[batch] = np.array(_pooling.normalize(pooled) if normalize else pooled)
+                pooled = self._pooled(mx.array(input_ids), mx.array(lengths), method, dim, normalize)
+            # start this batch, then copy out the previous one while it runs: the host work overlaps compute
+            mx.async_eval(pooled)
+            if pending is not None:
+                vectors[pending[0]] = np.array(pending[1])
+            pending = (batch, pooled)
+        if pending is not None:
+            vectors[pending[0]] = np.array(pending[1])
         if not np.isfinite(vectors).all():
             raise FloatingPointError(f"{self.name} produced non-finite vectors (dtype {self.device.dtype}): "
                                      "load with dtype='float32'")
         return vectors
+
+    def _pooled(self, input_ids: mx.array, lengths: mx.array, method: str, dim: int, normalize: bool) -> mx.array:
+        """(B, L) right-padded ids -> (B, dim) float32 vectors, as a lazy graph."""
+        if method == "last":
+            # only the pooled token goes through the final block's query and MLP
+            pooled = self.model.last_token(input_ids, lengths)
+        else:
+            pooled = _pooling.pool(self.model(input_ids).astype(mx.float32), lengths, method)  # sums in fp32
+        pooled = _pooling.truncate(pooled.astype(mx.float32), dim)
+        return _pooling.normalize(pooled) if normalize else pooled
 
     def _prompt(self, instruction: Optional[str], prompt_name: Optional[str], prompt: Optional[str]) -> str:
         given = [n for n, v in (("instruction", instruction), ("prompt_name", prompt_name), ("prompt", prompt))

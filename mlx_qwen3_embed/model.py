@@ -1,9 +1,32 @@
 """The Qwen3 decoder up to its final norm: token ids in, hidden states out. No lm_head: embeddings need none."""
 
+from typing import Optional
+
 import mlx.core as mx
 import mlx.nn as nn
 
 from .config import ModelArgs
+
+
+CHUNK = 64  # query rows per attention call on CPU; measured best of 32/64/128/all at L=256
+
+
+def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+    """q (B, H, L, hd), k and v (B, KV, L, hd) -> (B, H, L, hd), causal.
+
+    In blocks of CHUNK queries, each against only the keys up to its own end: the masked upper triangle is
+    then mostly never computed (on CPU the softmax's exp is single-threaded and costs as much as the matmul).
+    MLX aligns a "causal" mask to the bottom right when there are more keys than queries, as needed here.
+    """
+    L = q.shape[2]
+    if L <= CHUNK or mx.default_device() != mx.cpu:
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+    blocks = []
+    for start in range(0, L, CHUNK):
+        end = min(start + CHUNK, L)
+        blocks.append(mx.fast.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end],
+                                                           scale=scale, mask="causal"))
+    return mx.concatenate(blocks, axis=2)
 
 
 class Attention(nn.Module):
@@ -22,15 +45,25 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=args.rms_norm_eps)
         self.rope = nn.RoPE(head_dim, traditional=False, base=args.rope_theta)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, last: Optional[mx.array] = None) -> mx.array:
+        """x (B, L, D) -> (B, L, D); with `last` (B,) positions, only those tokens' queries: -> (B, 1, D)."""
         B, L, D = x.shape
-        q = self.q_norm(self.q_proj(x).reshape(B, L, self.n_heads, -1)).transpose(0, 2, 1, 3)
         k = self.k_norm(self.k_proj(x).reshape(B, L, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        q, k = self.rope(q), self.rope(k)
-        # Right padding + causal mask: real tokens never see the pads after them, so no padding mask is needed
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal")
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        k = self.rope(k)
+        if last is None:
+            q = self.q_norm(self.q_proj(x).reshape(B, L, self.n_heads, -1)).transpose(0, 2, 1, 3)
+            q = self.rope(q)
+            # Right padding + causal mask: real tokens never see the pads after them, so no padding mask is needed
+            out = causal_attention(q, k, v, self.scale)
+            return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        x = mx.take_along_axis(x, last.reshape(B, 1, 1), axis=1)
+        q = self.q_norm(self.q_proj(x).reshape(B, 1, self.n_heads, -1)).transpose(0, 2, 1, 3)
+        q = self.rope(q, offset=last)  # each text's query sits at its own position
+        # one query per text: it sees the keys up to itself, (B, 1, 1, L), never the pads after it
+        mask = (mx.arange(L)[None, :] <= last[:, None]).reshape(B, 1, 1, L)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, 1, -1))
 
 
 class MLP(nn.Module):
@@ -52,8 +85,10 @@ class Block(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.mlp = MLP(args)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        h = x + self.self_attn(self.input_layernorm(x))
+    def __call__(self, x: mx.array, last: Optional[mx.array] = None) -> mx.array:
+        """x (B, L, D) -> (B, L, D); with `last` (B,) positions, only those tokens: -> (B, 1, D)."""
+        residual = x if last is None else mx.take_along_axis(x, last.reshape(-1, 1, 1), axis=1)
+        h = residual + self.self_attn(self.input_layernorm(x), last)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -73,3 +108,14 @@ class Qwen3(nn.Module):
         for layer in self.layers:
             h = layer(h)
         return self.norm(h)
+
+    def last_token(self, input_ids: mx.array, lengths: mx.array) -> mx.array:
+        """input_ids (B, L) right-padded, lengths (B,) -> final-normed hidden state of each last token (B, D).
+
+        Equal to `self(input_ids)` taken at lengths-1, cheaper: every token's keys and values are needed in each
+        block, but the final block's query, output projection and MLP only at the pooled token.
+        """
+        h = self.embed_tokens(input_ids)
+        for layer in self.layers[:-1]:
+            h = layer(h)
+        return self.norm(self.layers[-1](h, lengths - 1)[:, 0])

@@ -1,0 +1,89 @@
+"""The fast embedding path keeps the references' vectors: the last-token-only final block, pipelined batches,
+any token budget, and the full forward still serving the other poolings. References: transformers' Qwen3Model
+run on each text alone (no padding at all), on the same weights, in float32."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_qwen3_embed as mqe
+from mlx_qwen3_embed.batching import pad_right
+
+torch = pytest.importorskip("torch")
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return (a * b).sum(-1)
+
+
+@pytest.fixture(scope="module")
+def embedder(hub_model):
+    return mqe.load(str(hub_model))
+
+
+@pytest.fixture(scope="module")
+def reference_hidden(hub_model, embedder, texts):
+    """transformers' final hidden states of each text alone: a list of (L_i, D)."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(hub_model), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return [model(torch.tensor([ids])).last_hidden_state[0].numpy() for ids in embedder.tokenize(texts)]
+
+
+def test_last_token_equals_transformers_at_each_texts_end(embedder, reference_hidden, texts):
+    input_ids, lengths = pad_right(embedder.tokenize(texts), embedder.tokenizer.eos_id)
+    got = np.array(embedder.model.last_token(mx.array(input_ids), mx.array(lengths)))
+    expected = np.stack([h[-1] for h in reference_hidden])
+    assert got.shape == (len(texts), embedder.dim)
+    assert cosines(got, expected).min() >= 0.99999
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_full_forward_still_returns_every_position(embedder, reference_hidden, texts):
+    input_ids, lengths = pad_right(embedder.tokenize(texts), embedder.tokenizer.eos_id)
+    hidden = np.array(embedder.model(mx.array(input_ids)))
+    assert hidden.shape == (*input_ids.shape, embedder.dim)
+    for row, expected in enumerate(reference_hidden):
+        assert cosines(hidden[row, : lengths[row]], expected).min() >= 0.99999
+
+
+@pytest.mark.parametrize("chunk", [3, 16])
+def test_chunked_causal_attention_equals_transformers(embedder, reference_hidden, texts, monkeypatch, chunk):
+    from mlx_qwen3_embed import model
+
+    monkeypatch.setattr(model, "CHUNK", chunk)  # queries in blocks of 3 or 16 against keys up to each block's end
+    expected = np.stack([h[-1] for h in reference_hidden])
+    got = embedder.embed(texts, batch_tokens=4096)
+    assert cosines(got, expected).min() >= 0.99999
+
+
+@pytest.mark.parametrize("batch_tokens", [1, 24, 64, 100_000])
+def test_any_token_budget_gives_the_reference_vectors(embedder, reference_hidden, texts, batch_tokens):
+    # budget 1: every text alone; 24/64: many pipelined batches; 100000: one batch
+    expected = np.stack([h[-1] for h in reference_hidden])
+    got = embedder.embed(texts, batch_tokens=batch_tokens)
+    assert cosines(got, expected).min() >= 0.99999
+
+
+def test_mean_pooling_uses_every_real_token(embedder, reference_hidden, texts):
+    expected = np.stack([h.mean(axis=0) for h in reference_hidden])
+    got = embedder.embed(texts, pooling="mean", batch_tokens=64)
+    assert cosines(got, expected).min() >= 0.99999
+
+
+def test_unnormalized_vectors_keep_the_hidden_state_scale(embedder, reference_hidden, texts):
+    expected = np.stack([h[-1] for h in reference_hidden])
+    got = embedder.embed(texts, normalize=False, batch_tokens=64)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_quantized_last_token_path_matches_mlx_lm(mlx_model, texts):
+    from mlx_lm.utils import load_model
+
+    reference, _ = load_model(mlx_model)
+    ours = mqe.load(str(mlx_model), dequantize=False, dtype="float32")  # the Metal path, quantized matmuls
+    expected = [np.array(reference.model(mx.array([ids]))[0, -1].astype(mx.float32)) for ids in ours.tokenize(texts)]
+    assert cosines(ours.embed(texts, batch_tokens=64), np.stack(expected)).min() >= 0.99999
