@@ -85,7 +85,14 @@ def find_fast_blas(environ: Optional[dict] = None) -> Optional[str]:
     for path in CANDIDATES:
         if Path(path).is_file():
             return path
-    return ctypes.util.find_library("openblas")  # a bare soname: the dynamic loader searches for it
+    soname = ctypes.util.find_library("openblas")  # a bare soname: the dynamic loader searches for it
+    if soname is None:
+        return None
+    try:  # the loader's cache can name a library that was since removed: preloading it would fail noisily
+        ctypes.CDLL(soname)
+    except OSError:
+        return None
+    return soname
 
 
 def reexec_env(environ: Optional[dict] = None) -> Optional[dict]:
