@@ -261,7 +261,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Side-by-side embedding speed ({report['when']})", "",
         f"- machine: {report['machine']}; MLX {report['mlx']}, BLAS: {report['blas']}",
-        f"- model: random weights, Qwen3-Embedding-0.6B shape (28 layers, hidden 1024), fp32 checkpoint",
+        "- model: random weights, Qwen3-Embedding-0.6B shape (28 layers, hidden 1024), fp32 checkpoint",
         f"- corpus: {report['texts']} RAG-like passages, {report['tokens']} tokens "
         f"(mean {report['tokens'] / report['texts']:.0f}), {report['rounds']} alternating rounds (median)",
         f"- fp32 GEMM measured in the same run: {report['gemm_gflops']:.0f} GFLOP/s; "

@@ -277,17 +277,9 @@ def read_texts(arguments: list[str], file: str | None, jsonl: bool) -> list[str]
 
 
 def parse_jsonl(content: str, name: str) -> list[str]:
-    texts = []
-    for number, line in enumerate(content.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{name} line {number} is not JSON ({e.msg}): give one JSON object per line") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ValueError(f"{name} line {number} has no string 'text' field: write {{\"text\": \"...\"}}")
-        texts.append(record["text"])
+    from .textio import jsonl_records
+
+    texts = [record["text"] for _, record in jsonl_records(content, name)]
     if not texts:
         raise ValueError(f"no texts in {name}: it is empty")
     return texts

@@ -19,7 +19,6 @@ Memory, for the 8B: the teacher runs first and only its outputs for the calibrat
 are kept for block inputs only and, with through="float", one block's float weights exist at a time.
 """
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from mlx.utils import tree_unflatten
 from .batching import pad_right, plan_batches
 from .model import Qwen3
 from .pooling import normalize, pool
+from .textio import jsonl_records
 from .tokenizer import DEFAULT_INSTRUCTION, Tokenizer, query_prompt
 
 KINDS = ("query", "document")
@@ -69,18 +69,10 @@ def read_calibration(path: Union[str, Path, None] = None, instruction: str = DEF
         raise FileNotFoundError(f"no calibration file at {path}: give a JSON Lines file of "
                                 '{"text": ..., "kind": "query"|"document"}')
     texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number} is not JSON ({e.msg}): write one object per line") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"]:
-            raise ValueError(f'{path}:{number} needs a non-empty "text" string')
+    for number, record in jsonl_records(path.read_text(encoding="utf-8"), str(path)):
         kind = record.get("kind", "document")
         if kind not in KINDS:
-            raise ValueError(f'{path}:{number} has kind {kind!r}: use "query" or "document"')
+            raise ValueError(f'{path} line {number} has kind {kind!r}: use "query" or "document"')
         texts.append(query_prompt(instruction) + record["text"] if kind == "query" else record["text"])
     if len(texts) < 2:
         raise ValueError(f"{path} holds {len(texts)} texts: distillation needs some to train on and some to hold out")

@@ -16,9 +16,8 @@ from typing import Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_map, tree_unflatten
 
-from .config import ModelArgs
 from .device import DTYPES
 from .distill import distill, read_calibration
 from .model import Qwen3

@@ -16,6 +16,7 @@ import mlx.core as mx
 import numpy as np
 
 from .embedder import Embedder
+from .pooling import normalize
 
 
 class QueueFull(Exception):
@@ -178,15 +179,10 @@ class BatchWorker:
         for job in jobs:
             rows = raw[start: start + len(job.sequences), : job.dim]
             start += len(job.sequences)
-            vectors = normalize(rows)
+            vectors = np.array(normalize(mx.array(rows)))  # the library's rule: a zero row stays zero
             if not np.isfinite(vectors).all():
                 job.future.set_exception(FloatingPointError(
                     f"{self.embedder.name} produced non-finite vectors: load it with dtype='float32'"))
             else:
                 job.future.set_result(vectors)
 
-
-def normalize(rows: np.ndarray) -> np.ndarray:
-    """(N, d) -> unit rows, float32; a zero row stays zero (the library's rule)."""
-    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
-    return (rows / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -174,5 +174,5 @@ def test_read_calibration_instructs_queries_and_leaves_documents_plain(tmp_path)
 def test_read_calibration_names_the_bad_line(tmp_path):
     path = tmp_path / "cal.jsonl"
     path.write_text('{"text": "a", "kind": "query"}\n{"text": "b", "kind": "passage"}\n')
-    with pytest.raises(ValueError, match=r"cal.jsonl:2 has kind 'passage'"):
+    with pytest.raises(ValueError, match=r"cal.jsonl line 2 has kind 'passage'"):
         read_calibration(path)

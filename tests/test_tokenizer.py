@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import make_tokenizer, write_tokenizer
+from conftest import write_tokenizer
 from mlx_qwen3_embed.tokenizer import Tokenizer, query_prompt, read_prompts
 
 
