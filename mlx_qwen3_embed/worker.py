@@ -165,12 +165,12 @@ class BatchWorker:
                     except Exception as alone:
                         job.future.set_exception(alone)
         finally:
-            mx.clear_cache()  # also after a failed call
+            # MLX keeps freed buffers for reuse; release them so memory stays flat between batches (failed ones too)
+            mx.clear_cache()
 
     def _embed(self, jobs: list[Job]):
         sequences = [s for job in jobs for s in job.sequences]
         raw = self.embedder.embed_ids(sequences, normalize=False, batch_tokens=self.batch_tokens)
-        mx.clear_cache()  # MLX keeps freed buffers for reuse; release them so memory stays flat between batches
         self.batches += 1
         self.batch_requests.observe(len(jobs))
         self.batch_inputs.observe(len(sequences))
