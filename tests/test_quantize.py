@@ -233,3 +233,16 @@ def test_dwq_with_a_missing_calibration_file_fails_before_any_work(hub_model, tm
         quantize.convert(str(hub_model), str(tmp_path / "out"), bits=4, dwq=True,
                          calibration=str(tmp_path / "none.jsonl"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_published_recipe_is_a_valid_convert_call():
+    import importlib.util
+    import inspect
+
+    spec = importlib.util.spec_from_file_location("recipes", Path(__file__).parents[1] / "convert" / "recipes.py")
+    recipes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipes)
+    assert {"Qwen3-Embedding-0.6B-4bit", "Qwen3-Embedding-8B-4bit-dwq"} <= set(recipes.RECIPES)
+    for source, settings in recipes.RECIPES.values():
+        inspect.signature(quantize.convert).bind(source, "dst", **settings)
+        quantize.check_settings(settings.get("bits"), settings["group_size"], settings.get("recipe"))
