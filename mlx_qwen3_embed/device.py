@@ -28,6 +28,14 @@ class DevicePlan:
         return mx.cpu if self.device == "cpu" else mx.gpu
 
 
+def check_batch_tokens(batch_tokens: Optional[int]) -> Optional[int]:
+    """Raise ValueError unless `batch_tokens` is None (the device's default) or a positive int; return it."""
+    if batch_tokens is not None and (isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int)
+                                     or batch_tokens < 1):
+        raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
+    return batch_tokens
+
+
 def plan(device: Optional[str] = None, dtype: Optional[str] = None,
          dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None) -> DevicePlan:
     """The defaults for `device` (default: MLX's default device), each overridable."""
@@ -40,8 +48,7 @@ def plan(device: Optional[str] = None, dtype: Optional[str] = None,
     on_cpu = device == "cpu"
     if on_cpu:
         warn_if_slow()
-    if batch_tokens is not None and batch_tokens < 1:
-        raise ValueError(f"batch_tokens must be a positive number of tokens, got {batch_tokens}")
+    check_batch_tokens(batch_tokens)
     return DevicePlan(
         device=device,
         dtype=DTYPES[dtype] if dtype else (mx.float32 if on_cpu else mx.bfloat16),

@@ -10,7 +10,7 @@ import numpy as np
 from . import pooling as _pooling
 from .batching import pad_right, plan_batches
 from .config import ModelArgs
-from .device import DevicePlan, plan
+from .device import DevicePlan, check_batch_tokens, plan
 from .model import Qwen3
 from .tokenizer import Tokenizer, apply_prompt, query_prompt, read_prompts
 from .weights import load_model, resolve
@@ -92,12 +92,8 @@ class Embedder:
     def _embed_sequences(self, sequences: list[list[int]], dim: Optional[int], normalize: bool,
                          pooling: Optional[str], batch_tokens: Optional[int]) -> np.ndarray:
         dim = self._check_dim(dim)
-        method = pooling or self.pooling
-        if method not in _pooling.POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(_pooling.POOLINGS)}, got {method!r}")
-        if batch_tokens is not None and (isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int)
-                                         or batch_tokens < 1):
-            raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
+        method = _pooling.check(pooling or self.pooling)
+        check_batch_tokens(batch_tokens)
         vectors = np.empty((len(sequences), dim), dtype=np.float32)
         pending = None
         for batch in plan_batches([len(s) for s in sequences], batch_tokens or self.device.batch_tokens):
@@ -181,8 +177,7 @@ def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = Non
          dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None, max_length: Optional[int] = None,
          pooling: str = "last", revision: Optional[str] = None) -> Embedder:
     """A local folder or hub id -> Embedder. Device choices (dtype, dequantize, batch_tokens) default per device."""
-    if pooling not in _pooling.POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(_pooling.POOLINGS)}, got {pooling!r}")
+    _pooling.check(pooling)
     folder = resolve(model, revision)
     device_plan = plan(device, dtype, dequantize, batch_tokens)
     qwen, args = load_model(folder, device_plan)

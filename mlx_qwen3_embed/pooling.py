@@ -5,6 +5,13 @@ import mlx.core as mx
 POOLINGS = ("last", "mean", "first", "max")
 
 
+def check(method: str) -> str:
+    """Raise ValueError unless `method` is one of POOLINGS; return it."""
+    if method not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {method!r}")
+    return method
+
+
 def pool(hidden: mx.array, lengths: mx.array, method: str = "last") -> mx.array:
     """hidden (B, L, D) right-padded, lengths (B,) -> (B, D).
 
@@ -12,6 +19,7 @@ def pool(hidden: mx.array, lengths: mx.array, method: str = "last") -> mx.array:
     padding is on the right, so that is position lengths-1 (pad == eos, so never search for the pad id).
     """
     B, L, D = hidden.shape
+    check(method)
     if method == "last":
         return mx.take_along_axis(hidden, (lengths - 1).reshape(B, 1, 1), axis=1).squeeze(1)
     if method == "first":
@@ -19,9 +27,7 @@ def pool(hidden: mx.array, lengths: mx.array, method: str = "last") -> mx.array:
     real = (mx.arange(L)[None, :] < lengths[:, None])[..., None]
     if method == "mean":
         return (hidden * real).sum(axis=1) / lengths[:, None].astype(hidden.dtype)
-    if method == "max":
-        return mx.where(real, hidden, mx.array(-mx.inf, hidden.dtype)).max(axis=1)
-    raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {method!r}")
+    return mx.where(real, hidden, mx.array(-mx.inf, hidden.dtype)).max(axis=1)  # "max"
 
 
 def truncate(vectors: mx.array, dim: int) -> mx.array:

@@ -15,6 +15,7 @@ from typing import Optional
 import mlx.core as mx
 import numpy as np
 
+from .device import check_batch_tokens
 from .embedder import Embedder
 from .pooling import normalize
 
@@ -71,11 +72,8 @@ class BatchWorker:
         for name, value in (("max_batch_requests", max_batch_requests), ("max_queue", max_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if batch_tokens is not None and (isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int)
-                                         or batch_tokens < 1):
-            raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
         self.embedder = embedder
-        self.batch_tokens = batch_tokens or embedder.device.batch_tokens
+        self.batch_tokens = check_batch_tokens(batch_tokens) or embedder.device.batch_tokens
         self.max_batch_requests = max_batch_requests
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._carry: Optional[Job] = None  # taken from the queue but did not fit the last batch
