@@ -116,10 +116,10 @@ class Embedder:
         """(B, L) right-padded ids -> (B, dim) float32 vectors, as a lazy graph."""
         if method == "last":
             # only the pooled token goes through the final block's query and MLP
-            pooled = self.model.last_token(input_ids, lengths)
+            pooled = self.model.last_token(input_ids, lengths).astype(mx.float32)
         else:
             pooled = _pooling.pool(self.model(input_ids).astype(mx.float32), lengths, method)  # sums in fp32
-        pooled = _pooling.truncate(pooled.astype(mx.float32), dim)
+        pooled = _pooling.truncate(pooled, dim)
         return _pooling.normalize(pooled) if normalize else pooled
 
     def _prompt(self, instruction: Optional[str], prompt_name: Optional[str], prompt: Optional[str]) -> str:
