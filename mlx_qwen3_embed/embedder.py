@@ -118,7 +118,7 @@ class Embedder:
             # only the pooled token goes through the final block's query and MLP
             pooled = self.model.last_token(input_ids, lengths).astype(mx.float32)
         else:
-            pooled = _pooling.pool(self.model(input_ids).astype(mx.float32), lengths, method)  # sums in fp32
+            pooled = _pooling.pool(self.model(input_ids, lengths).astype(mx.float32), lengths, method)  # sums in fp32
         pooled = _pooling.truncate(pooled, dim)
         return _pooling.normalize(pooled) if normalize else pooled
 

@@ -4,10 +4,12 @@ from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from .config import ModelArgs
 
 
+PACK_MIN_PADDING = 0.05  # pack a batch's tokens when over this fraction of its padded positions are padding
 CHUNK = 64  # query rows per attention call on CPU; measured best of 32/64/128/all at L=256
 
 
@@ -29,6 +31,51 @@ def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.
     return mx.concatenate(blocks, axis=2)
 
 
+def _index(values: np.ndarray) -> mx.array:
+    return mx.array(values.reshape(-1).astype(np.int32))
+
+
+class Rows:
+    """Where the tokens of B right-padded texts sit, for blocks that work on a (T, ...) matrix of token rows.
+
+    Projections, norms and the MLP (nearly all the FLOPs) act on each token alone, so they need no padding: when
+    a batch's padding is worth skipping, its T real tokens are packed into T rows, and only attention sees the
+    padded (B, L, ...) layout (`pad`, then `pack` back). Otherwise rows are the B*L padded positions as they are
+    (reshapes only). Either way a real token's result is the same: right padding plus the causal mask means no
+    real token ever attends to what sits after it (pads that `pad` fills with copies of each text's last token).
+    """
+
+    def __init__(self, lengths, L: Optional[int] = None, pack: Optional[bool] = None):
+        lengths = np.asarray(lengths, dtype=np.int32).reshape(-1)
+        self.B, self.L = len(lengths), int(L if L is not None else lengths.max())
+        padding = self.B * self.L - int(lengths.sum())
+        # the gathers cost a few % of a forward pass: pack only when padding costs more
+        self.packed = bool(padding > PACK_MIN_PADDING * self.B * self.L if pack is None else pack)
+        starts = np.cumsum(lengths) - lengths if self.packed else np.arange(self.B) * self.L
+        self.positions = _index(lengths - 1)  # each text's last position in its padded row
+        self.last = _index(starts + lengths - 1)  # each text's last token among the rows
+        if self.packed:
+            columns = np.arange(self.L)[None, :]
+            self._pack = _index((np.arange(self.B)[:, None] * self.L + columns)[columns < lengths[:, None]])
+            self._pad = _index(starts[:, None] + np.minimum(columns, lengths[:, None] - 1))
+
+    @classmethod
+    def full(cls, B: int, L: int) -> "Rows":
+        """Every one of the B x L positions is a token (no padding to skip)."""
+        return cls(np.full(B, L), L, pack=False)
+
+    def pack(self, x: mx.array) -> mx.array:
+        """(B, L, ...) padded -> (T, ...) rows."""
+        x = x.reshape(self.B * self.L, *x.shape[2:])
+        return mx.take(x, self._pack, axis=0) if self.packed else x
+
+    def pad(self, x: mx.array) -> mx.array:
+        """(T, ...) rows -> (B, L, ...) padded."""
+        if self.packed:
+            x = mx.take(x, self._pad, axis=0)
+        return x.reshape(self.B, self.L, *x.shape[1:])
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -45,25 +92,23 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=args.rms_norm_eps)
         self.rope = nn.RoPE(head_dim, traditional=False, base=args.rope_theta)
 
-    def __call__(self, x: mx.array, last: Optional[mx.array] = None) -> mx.array:
-        """x (B, L, D) -> (B, L, D); with `last` (B,) positions, only those tokens' queries: -> (B, 1, D)."""
-        B, L, D = x.shape
-        k = self.k_norm(self.k_proj(x).reshape(B, L, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        k = self.rope(k)
-        if last is None:
-            q = self.q_norm(self.q_proj(x).reshape(B, L, self.n_heads, -1)).transpose(0, 2, 1, 3)
-            q = self.rope(q)
-            # Right padding + causal mask: real tokens never see the pads after them, so no padding mask is needed
+    def __call__(self, x: mx.array, rows: Rows, last: bool = False) -> mx.array:
+        """x (T, D) token rows -> (T, D); with `last`, only each text's last token's query: -> (B, D)."""
+        T = x.shape[0]
+        # RoPE in the padded layout: a token's position is its column there
+        k = self.rope(rows.pad(self.k_norm(self.k_proj(x).reshape(T, self.n_kv_heads, -1))).transpose(0, 2, 1, 3))
+        v = rows.pad(self.v_proj(x).reshape(T, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
+        if not last:
+            q = self.rope(rows.pad(self.q_norm(self.q_proj(x).reshape(T, self.n_heads, -1))).transpose(0, 2, 1, 3))
             out = causal_attention(q, k, v, self.scale)
-            return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
-        x = mx.take_along_axis(x, last.reshape(B, 1, 1), axis=1)
-        q = self.q_norm(self.q_proj(x).reshape(B, 1, self.n_heads, -1)).transpose(0, 2, 1, 3)
-        q = self.rope(q, offset=last)  # each text's query sits at its own position
+            return self.o_proj(rows.pack(out.transpose(0, 2, 1, 3)).reshape(T, -1))
+        B, L = rows.B, rows.L
+        q = self.q_norm(self.q_proj(mx.take(x, rows.last, axis=0)).reshape(B, 1, self.n_heads, -1))
+        q = self.rope(q.transpose(0, 2, 1, 3), offset=rows.positions)  # each text's query at its own position
         # one query per text: it sees the keys up to itself, (B, 1, 1, L), never the pads after it
-        mask = (mx.arange(L)[None, :] <= last[:, None]).reshape(B, 1, 1, L)
+        mask = (mx.arange(L)[None, :] <= rows.positions[:, None]).reshape(B, 1, 1, L)
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, 1, -1))
+        return self.o_proj(out.reshape(B, -1))
 
 
 class MLP(nn.Module):
@@ -87,10 +132,16 @@ class Block(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.mlp = MLP(args)
 
-    def __call__(self, x: mx.array, last: Optional[mx.array] = None) -> mx.array:
-        """x (B, L, D) -> (B, L, D); with `last` (B,) positions, only those tokens: -> (B, 1, D)."""
-        residual = x if last is None else mx.take_along_axis(x, last.reshape(-1, 1, 1), axis=1)
-        h = residual + self.self_attn(self.input_layernorm(x), last)
+    def __call__(self, x: mx.array, rows: Optional[Rows] = None, last: bool = False) -> mx.array:
+        """x (T, D) token rows laid out by `rows` -> (T, D), or with `last` each text's last token: (B, D).
+
+        Without `rows`, x is (B, L, D) and every position is a token: -> (B, L, D).
+        """
+        if rows is None:
+            B, L, D = x.shape
+            return self(x.reshape(B * L, D), Rows.full(B, L)).reshape(B, L, D)
+        residual = mx.take(x, rows.last, axis=0) if last else x
+        h = residual + self.self_attn(self.input_layernorm(x), rows, last)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -104,20 +155,25 @@ class Qwen3(nn.Module):
         self.layers = [Block(args) for _ in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, input_ids: mx.array) -> mx.array:
-        """input_ids (B, L) right-padded -> final-normed hidden states (B, L, D)."""
-        h = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            h = layer(h)
-        return self.norm(h)
+    def __call__(self, input_ids: mx.array, lengths=None) -> mx.array:
+        """input_ids (B, L) right-padded, lengths (B,) (default: all L) -> final-normed hidden states (B, L, D).
 
-    def last_token(self, input_ids: mx.array, lengths: mx.array) -> mx.array:
+        Positions past a text's length hold no token of it (with `lengths`: copies of its last token's state).
+        """
+        rows = Rows(lengths, input_ids.shape[1]) if lengths is not None else Rows.full(*input_ids.shape)
+        h = self.embed_tokens(rows.pack(input_ids))
+        for layer in self.layers:
+            h = layer(h, rows)
+        return rows.pad(self.norm(h))
+
+    def last_token(self, input_ids: mx.array, lengths) -> mx.array:
         """input_ids (B, L) right-padded, lengths (B,) -> final-normed hidden state of each last token (B, D).
 
         Equal to `self(input_ids)` taken at lengths-1, cheaper: every token's keys and values are needed in each
         block, but the final block's query, output projection and MLP only at the pooled token.
         """
-        h = self.embed_tokens(input_ids)
+        rows = Rows(lengths, input_ids.shape[1])
+        h = self.embed_tokens(rows.pack(input_ids))
         for layer in self.layers[:-1]:
-            h = layer(h)
-        return self.norm(self.layers[-1](h, lengths - 1)[:, 0])
+            h = layer(h, rows)
+        return self.norm(self.layers[-1](h, rows, last=True))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import mlx_qwen3_embed as mqe
+from mlx_qwen3_embed import model
 from mlx_qwen3_embed.batching import pad_right
 
 torch = pytest.importorskip("torch")
@@ -52,8 +53,6 @@ def test_full_forward_still_returns_every_position(embedder, reference_hidden, t
 
 @pytest.mark.parametrize("chunk", [3, 16])
 def test_chunked_causal_attention_equals_transformers(embedder, reference_hidden, texts, monkeypatch, chunk):
-    from mlx_qwen3_embed import model
-
     monkeypatch.setattr(model, "CHUNK", chunk)  # queries in blocks of 3 or 16 against keys up to each block's end
     expected = np.stack([h[-1] for h in reference_hidden])
     got = embedder.embed(texts, batch_tokens=4096)
@@ -78,6 +77,35 @@ def test_unnormalized_vectors_keep_the_hidden_state_scale(embedder, reference_hi
     expected = np.stack([h[-1] for h in reference_hidden])
     got = embedder.embed(texts, normalize=False, batch_tokens=64)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_packed_and_padded_token_rows_give_the_reference(embedder, reference_hidden, texts, pack):
+    # packed: only the real tokens go through the projections and MLP; padded: every position of the batch does
+    input_ids, lengths = pad_right(embedder.tokenize(texts), embedder.tokenizer.eos_id)
+    assert (lengths < lengths.max()).any()  # the batch has padding to skip
+    rows = model.Rows(lengths, input_ids.shape[1], pack=pack)
+    assert rows.packed == pack
+    h = embedder.model.embed_tokens(rows.pack(mx.array(input_ids)))
+    assert h.shape[0] == (lengths.sum() if pack else lengths.size * lengths.max())
+    for layer in embedder.model.layers[:-1]:
+        h = layer(h, rows)
+    last = np.array(embedder.model.norm(embedder.model.layers[-1](h, rows, last=True)))
+    every = np.array(rows.pad(embedder.model.norm(embedder.model.layers[-1](h, rows))))
+    for row, expected in enumerate(reference_hidden):
+        assert cosines(every[row, : lengths[row]], expected).min() >= 0.99999
+        assert cosines(last[row], expected[-1]) >= 0.99999
+
+
+def test_rows_pack_only_batches_with_enough_padding():
+    assert not model.Rows([10, 10, 10]).packed
+    assert not model.Rows([100, 99, 98]).packed  # 1% padding: the gathers would cost more than they save
+    assert model.Rows([100, 10, 10]).packed
+    rows = model.Rows([3, 1, 2])
+    x = mx.arange(3 * 3).reshape(3, 3)  # padded (B, L)
+    np.testing.assert_array_equal(np.array(rows.pack(x)), [0, 1, 2, 3, 6, 7])
+    np.testing.assert_array_equal(np.array(rows.pad(rows.pack(x))), [[0, 1, 2], [3, 3, 3], [6, 7, 7]])
+    np.testing.assert_array_equal(np.array(rows.last), [2, 3, 5])
 
 
 def test_quantized_last_token_path_matches_mlx_lm(mlx_model, texts):

@@ -332,9 +332,28 @@ def metric(text: str, name: str) -> float:
     return 0.0
 
 
-def test_mlx_cache_is_released_after_batches(client):
-    post(client, {"input": ["release the cache"] * 8})
-    assert mx.get_cache_memory() == 0
+@pytest.mark.parametrize("cache_keep", [0, 2**30])
+def test_mlx_cache_is_kept_only_up_to_cache_keep(embedder, cache_keep):
+    previous = mx.set_cache_limit(2**31)  # MLX's own CPU default (32 MiB) must not decide for the worker here
+    worker = BatchWorker(embedder, cache_keep=cache_keep)
+    try:
+        mx.clear_cache()
+        worker.start()
+        worker.submit(Job(embedder.tokenize(["release the cache"] * 8), embedder.dim)).result(timeout=60)
+        worker.stop()  # joins the thread: the call, and the cache decision after it, are done
+        assert (mx.get_cache_memory() > 0) == (cache_keep > 0)
+    finally:
+        worker.stop()
+        mx.set_cache_limit(previous)
+        mx.clear_cache()
+
+
+@pytest.mark.parametrize("bad", [{"cache_keep": -1}, {"cache_keep": 1.5}, {"max_queue": 0},
+                                 {"max_batch_requests": True}])
+def test_worker_refuses_bad_settings(embedder, bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        BatchWorker(embedder, **bad)
 
 
 # --- the worker: cross-request batching under a token budget ------------------------------------------------
