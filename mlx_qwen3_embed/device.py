@@ -1,18 +1,27 @@
-"""Device strategy, in one place: which dtype to compute in and whether to dequantize quantized weights.
+"""Device strategy, in one place: which dtype to compute in, whether to dequantize quantized weights, and which
+attention and exp kernels to run.
 
 Measured on MLX's CPU backend (../shared/REFERENCE.md): fp32 matmul through an optimised BLAS runs at ~240
 GFLOP/s, while bf16 matmul (7) and 4-bit quantized_matmul (3) are 30-60x slower. So on CPU we compute in
 float32 and dequantize at load time. On Metal, bf16 and quantized matmul are the fast kernels (and bf16 does
 not overflow where fp16 can), so there we keep the checkpoint's quantized weights and compute in bfloat16.
+
+Also measured on CPU (bench/results/bench_steps.md): causal attention in blocks of queries skips most of the masked
+triangle (+8%); and on x86 MLX's CPU exp is scalar (28.7 ms for 3M float32 values against 0.9 ms for numpy's
+SIMD exp), while softmax and SwiGLU need one exp per value, so there exp goes through numpy (+32% end to end).
+On Metal MLX's own fused attention and exp are used.
 """
 
-from dataclasses import dataclass
+import platform
+from dataclasses import dataclass, field
 from typing import Optional
 
 import mlx.core as mx
 
 from .blas import warn_if_slow
+from .model import Kernels
 
+X86 = ("x86_64", "amd64")
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
@@ -22,6 +31,7 @@ class DevicePlan:
     dtype: mx.Dtype        # compute dtype of float weights and activations
     dequantize: bool       # replace quantized layers by float ones at load time
     batch_tokens: int      # default token budget of one forward pass (padded tokens)
+    kernels: Kernels = field(default_factory=Kernels)  # attention and exp variants (model.Kernels)
 
     @property
     def stream(self) -> mx.Device:
@@ -55,4 +65,5 @@ def plan(device: Optional[str] = None, dtype: Optional[str] = None,
         dequantize=on_cpu if dequantize is None else dequantize,
         # CPU: 1024 measured fastest of 512-4096 tokens (bench/results/bench_steps.md)
         batch_tokens=batch_tokens or (1024 if on_cpu else 8192),
+        kernels=Kernels(chunked_attention=on_cpu, host_exp=on_cpu and platform.machine().lower() in X86),
     )

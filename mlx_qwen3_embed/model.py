@@ -1,5 +1,6 @@
 """The Qwen3 decoder up to its final norm: token ids in, hidden states out. No lm_head: embeddings need none."""
 
+from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
@@ -13,22 +14,55 @@ PACK_MIN_PADDING = 0.05  # pack a batch's tokens when over this fraction of its 
 CHUNK = 64  # query rows per attention call on CPU; measured best of 32/64/128/all at L=256
 
 
-def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+def host_exp(x: mx.array) -> mx.array:
+    """exp(x) by numpy's SIMD kernel. Evaluates x first, so: inference only (no autodiff, no mx.compile)."""
+    mx.eval(x)
+    if x.dtype == mx.float32:
+        return mx.array(np.exp(np.asarray(x)))
+    return mx.array(np.exp(np.asarray(x.astype(mx.float32)))).astype(x.dtype)  # numpy has no bfloat16
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """How attention and exp run. The defaults are MLX's own ops (any device, differentiable); device.py picks
+    faster ones for the CPU backend, where it measured them."""
+    chunked_attention: bool = False  # causal attention in blocks of CHUNK queries (skips the masked triangle)
+    host_exp: bool = False           # exp through numpy (`host_exp`): inference only
+
+    @property
+    def exp(self):
+        return host_exp if self.host_exp else mx.exp
+
+
+def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float,
+                     kernels: Kernels = Kernels()) -> mx.array:
     """q (B, H, L, hd), k and v (B, KV, L, hd) -> (B, H, L, hd), causal.
 
-    In blocks of CHUNK queries, each against only the keys up to its own end: the masked upper triangle is
-    then mostly never computed (on CPU the softmax's exp is single-threaded and costs as much as the matmul).
-    MLX aligns a "causal" mask to the bottom right when there are more keys than queries, as needed here.
+    With chunked_attention, in blocks of CHUNK queries, each against only the keys up to its own end: the
+    masked upper triangle is then mostly never computed (on CPU the softmax's exp costs as much as the matmul).
     """
     L = q.shape[2]
-    if L <= CHUNK or mx.default_device() != mx.cpu:
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+    if not kernels.chunked_attention or L <= CHUNK:
+        return _attend(q, k, v, scale, kernels)
     blocks = []
     for start in range(0, L, CHUNK):
         end = min(start + CHUNK, L)
-        blocks.append(mx.fast.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end],
-                                                           scale=scale, mask="causal"))
+        blocks.append(_attend(q[:, :, start:end], k[:, :, :end], v[:, :, :end], scale, kernels))
     return mx.concatenate(blocks, axis=2)
+
+
+def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, kernels: Kernels) -> mx.array:
+    """Causal attention of the last Lq of Lk positions (q (B, H, Lq, hd); k, v (B, KV, Lk, hd)): the mask is
+    aligned to the bottom right, as MLX's "causal" mask is when there are more keys than queries. MLX's fused
+    kernel, unless exp must be the host's (its softmax is then written out)."""
+    if not kernels.host_exp:
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+    B, H, Lq, hd = q.shape
+    KV, Lk = k.shape[1], k.shape[2]
+    scores = (q * scale).reshape(B, KV, H // KV, Lq, hd) @ k[:, :, None].swapaxes(-1, -2)
+    scores = mx.where(mx.arange(Lk)[None, :] <= mx.arange(Lk - Lq, Lk)[:, None], scores, -mx.inf)
+    weights = host_exp(scores - scores.max(axis=-1, keepdims=True))  # each query sees itself: the max is finite
+    return ((weights / weights.sum(axis=-1, keepdims=True)) @ v[:, :, None]).reshape(B, H, Lq, hd)
 
 
 def _index(values: np.ndarray) -> mx.array:
@@ -77,8 +111,9 @@ class Rows:
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, kernels: Kernels = Kernels()):
         super().__init__()
+        self.kernels = kernels
         self.n_heads = args.num_attention_heads
         self.n_kv_heads = args.num_key_value_heads
         head_dim = args.head_dim
@@ -100,7 +135,7 @@ class Attention(nn.Module):
         v = rows.pad(self.v_proj(x).reshape(T, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
         if not last:
             q = self.rope(rows.pad(self.q_norm(self.q_proj(x).reshape(T, self.n_heads, -1))).transpose(0, 2, 1, 3))
-            out = causal_attention(q, k, v, self.scale)
+            out = causal_attention(q, k, v, self.scale, self.kernels)
             return self.o_proj(rows.pack(out.transpose(0, 2, 1, 3)).reshape(T, -1))
         B, L = rows.B, rows.L
         q = self.q_norm(self.q_proj(mx.take(x, rows.last, axis=0)).reshape(B, 1, self.n_heads, -1))
@@ -112,8 +147,9 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, kernels: Kernels = Kernels()):
         super().__init__()
+        self.kernels = kernels
         self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
         self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
         self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
@@ -121,16 +157,16 @@ class MLP(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         gate = self.gate_proj(x)
         # SwiGLU; silu(g) written as g / (1 + exp(-g)): MLX's CPU exp kernel beats its sigmoid (+3-6% end to end)
-        return self.down_proj(gate / (1 + mx.exp(-gate)) * self.up_proj(x))
+        return self.down_proj(gate / (1 + self.kernels.exp(-gate)) * self.up_proj(x))
 
 
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, kernels: Kernels = Kernels()):
         super().__init__()
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
-        self.self_attn = Attention(args)
+        self.self_attn = Attention(args, kernels)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
-        self.mlp = MLP(args)
+        self.mlp = MLP(args, kernels)
 
     def __call__(self, x: mx.array, rows: Optional[Rows] = None, last: bool = False) -> mx.array:
         """x (T, D) token rows laid out by `rows` -> (T, D), or with `last` each text's last token: (B, D).
@@ -148,11 +184,11 @@ class Block(nn.Module):
 class Qwen3(nn.Module):
     """Attribute names are the checkpoint's keys (without `model.`), so weights load with no renaming."""
 
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, kernels: Kernels = Kernels()):
         super().__init__()
         self.args = args
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = [Block(args) for _ in range(args.num_hidden_layers)]
+        self.layers = [Block(args, kernels) for _ in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
     def __call__(self, input_ids: mx.array, lengths=None) -> mx.array:

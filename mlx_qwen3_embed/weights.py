@@ -115,7 +115,7 @@ def load_model(folder: Path, plan: DevicePlan) -> tuple[Qwen3, ModelArgs]:
     if quantized and not args.quantization:
         raise ValueError(f"{folder} holds quantized tensors ({quantized[0]}.scales) but config.json has no "
                          "'quantization' block: the config does not belong to these weights")
-    model = Qwen3(args)
+    model = Qwen3(args, plan.kernels)
     if plan.dequantize:
         tensors = dequantize(tensors, args, plan.dtype)
     else:

@@ -4,6 +4,7 @@ import mlx.core as mx
 import pytest
 
 from mlx_qwen3_embed.device import plan
+from mlx_qwen3_embed.model import Kernels
 
 
 def test_cpu_computes_in_float32_and_dequantizes():
@@ -14,6 +15,16 @@ def test_cpu_computes_in_float32_and_dequantizes():
 def test_gpu_keeps_quantized_weights_in_bfloat16():
     gpu = plan("gpu")
     assert gpu.dtype == mx.bfloat16 and not gpu.dequantize and gpu.stream == mx.gpu
+
+
+def test_kernels_are_chosen_per_device(monkeypatch):
+    from mlx_qwen3_embed import device
+
+    assert plan("gpu").kernels == Kernels()  # MLX's fused attention and exp
+    monkeypatch.setattr(device.platform, "machine", lambda: "x86_64")
+    assert plan("cpu").kernels == Kernels(chunked_attention=True, host_exp=True)
+    monkeypatch.setattr(device.platform, "machine", lambda: "arm64")  # MLX's CPU exp is vectorised there
+    assert plan("cpu").kernels == Kernels(chunked_attention=True, host_exp=False)
 
 
 def test_every_choice_can_be_overridden():
