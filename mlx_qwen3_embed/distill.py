@@ -31,6 +31,7 @@ import numpy as np
 from mlx.utils import tree_unflatten
 
 from .batching import pad_right, plan_batches
+from .device import plan
 from .model import Qwen3
 from .pooling import normalize, pool
 from .textio import jsonl_records
@@ -258,8 +259,8 @@ def distill(teacher: Qwen3, student: Qwen3, tokenizer: Tokenizer, texts: list[st
         quantized_matmul). checkpoint: recompute blocks in the backward pass to bound memory (8B).
     callback: called as callback(step, loss) after every step (progress display; the library prints nothing).
     """
-    if through is None:
-        through = "quantized" if mx.default_device() == mx.gpu else "float"
+    if through is None:  # the device's choice between quantized matmul and fp32 GEMMs on rebuilt weights
+        through = "float" if plan().dequantize else "quantized"
     if through not in ("float", "quantized"):
         raise ValueError(f"through must be 'float' or 'quantized', got {through!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:

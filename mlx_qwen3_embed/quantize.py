@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map, tree_unflatten
 
-from .device import DTYPES
+from .device import DTYPES, plan
 from .distill import distill, read_calibration
 from .model import Qwen3
 from .tokenizer import EOS, Tokenizer
@@ -176,7 +176,7 @@ def convert(src: str, dst: str, *, bits: Optional[int] = None, group_size: int =
     if dwq:
         # an fp32 teacher on CPU (bf16 matmul is 30x slower there), the checkpoint's dtype on Metal; passed
         # inline so that distill frees it once its targets are computed
-        teacher_dtype = "float32" if mx.default_device() == mx.cpu else None
+        teacher_dtype = "float32" if plan().dtype == mx.float32 else None
         report = distill(load_float(src, teacher_dtype)[0], model, Tokenizer(folder), texts, steps=steps, lr=lr,
                          batch_tokens=batch_tokens, checkpoint=checkpoint, callback=callback)
     result = save(model, config, folder, dst)
