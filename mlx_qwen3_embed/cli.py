@@ -187,7 +187,8 @@ def info(
         "quantization": {k: v for k, v in quantization.items() if not isinstance(v, (dict, bool))} or None,
         "quantization_overrides": {k: v for k, v in quantization.items() if isinstance(v, (dict, bool))},
         "compute": {"device": compute.device, "dtype": str(compute.dtype).removeprefix("mlx.core."),
-                    "dequantize": compute.dequantize, "batch_tokens": compute.batch_tokens},
+                    "dequantize": compute.dequantize, "batch_tokens": compute.batch_tokens,
+                    "kernels": compute.kernels.describe()},
         "blas": blas() if compute.device == "cpu" else "n/a (Metal)",
     }
     if as_json:

@@ -33,6 +33,11 @@ class Kernels:
     def exp(self):
         return host_exp if self.host_exp else mx.exp
 
+    def describe(self) -> str:
+        """One line for `bench` and `info`, e.g. "attention in blocks of 64 queries, exp through numpy"."""
+        attention = f"attention in blocks of {CHUNK} queries" if self.chunked_attention else "MLX fused attention"
+        return f"{attention}, exp through {'numpy' if self.host_exp else 'MLX'}"
+
 
 def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float,
                      kernels: Kernels = Kernels()) -> mx.array:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed import quantize
 from mlx_qwen3_embed.cli import app
+from mlx_qwen3_embed.device import plan
 
 TEXTS = ["MLX runs on Apple silicon.", "The quick brown fox.", "快速的棕色狐狸", "a"]
 INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -255,7 +256,8 @@ def test_info_json_describes_the_checkpoint(runner, mlx_model):
     assert facts["quantization_overrides"] == {"model.layers.0.mlp.down_proj": {"bits": 8, "group_size": 64,
                                                                                 "mode": "affine"}}
     assert facts["size_bytes"] == sum(p.stat().st_size for p in mlx_model.rglob("*") if p.is_file())
-    assert facts["compute"] == {"device": "cpu", "dtype": "float32", "dequantize": True, "batch_tokens": 1024}
+    assert facts["compute"] == {"device": "cpu", "dtype": "float32", "dequantize": True, "batch_tokens": 1024,
+                                "kernels": plan("cpu").kernels.describe()}
     assert facts["blas"]
 
 

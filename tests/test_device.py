@@ -25,6 +25,8 @@ def test_kernels_are_chosen_per_device(monkeypatch):
     assert plan("cpu").kernels == Kernels(chunked_attention=True, host_exp=True)
     monkeypatch.setattr(device.platform, "machine", lambda: "arm64")  # MLX's CPU exp is vectorised there
     assert plan("cpu").kernels == Kernels(chunked_attention=True, host_exp=False)
+    assert Kernels(True, True).describe() == "attention in blocks of 64 queries, exp through numpy"
+    assert Kernels().describe() == "MLX fused attention, exp through MLX"
 
 
 def test_every_choice_can_be_overridden():
