@@ -2,6 +2,8 @@
 any token budget, and the full forward still serving the other poolings. References: transformers' Qwen3Model
 run on each text alone (no padding at all), on the same weights, in float32."""
 
+import warnings
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -125,6 +127,9 @@ def test_every_kernel_choice_gives_the_reference(embedder, reference_hidden, tex
 def test_host_exp_equals_exp_in_every_float_dtype():
     x = mx.array([-mx.inf, -1e4, -88.0, -3.5, 0.0, 1e-8, 2.25, 80.0], dtype=mx.float32)
     np.testing.assert_allclose(np.array(model.host_exp(x)), np.exp(np.array(x, dtype=np.float64)), rtol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # overflow to inf is the right answer, not a warning for the user
+        assert np.array(model.host_exp(mx.array([100.0, mx.inf]))).tolist() == [np.inf, np.inf]
     for dtype in (mx.bfloat16, mx.float16):
         got = model.host_exp(x[2:7].astype(dtype))
         assert got.dtype == dtype
