@@ -6,6 +6,7 @@ writes is the one mlx-lm's own `quantize_model`/`save_model`/`save_config` write
 metadata, an index json), so mlx-lm and `mlx_qwen3_embed.load` both read it.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -132,7 +133,8 @@ def save(model: Qwen3, config: dict, src_folder: Path, dst: str, dtype: Optional
     """Write `model` + `config` + the tokenizer and sentence-transformers files of `src_folder` to `dst`, atomically.
 
     Builds everything in a hidden temporary folder next to `dst` and renames it at the end, so an interrupted
-    run leaves nothing at `dst`. Refuses an existing `dst` (FileExistsError). Returns `summary(dst)`.
+    run leaves nothing at `dst` (and what a killed one left beside it goes on the next run to `dst`). Refuses an
+    existing `dst` (FileExistsError). Returns `summary(dst)`.
     """
     from mlx_lm.utils import save_config, save_model
 
@@ -142,7 +144,8 @@ def save(model: Qwen3, config: dict, src_folder: Path, dst: str, dtype: Optional
     if dtype is not None:  # scales, biases and norms in the output dtype (the packed uint32 weights stay)
         model.update(tree_map(lambda a: a.astype(DTYPES[dtype]) if mx.issubdtype(a.dtype, mx.floating) else a,
                               model.parameters()))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    remove_stale_partials(dst)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(dst)}{os.getpid()}-", dir=dst.parent))
     try:
         save_model(tmp, _Prefixed(model))
         save_config(dict(config), tmp / "config.json")
@@ -197,6 +200,30 @@ def check_settings(bits: Optional[int], group_size: int, recipe: Optional[str]) 
     if isinstance(group_size, bool) or group_size not in GROUP_SIZES:
         raise ValueError(f"group_size must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size!r}")
     return bits
+
+
+def _partial_prefix(dst: Path) -> str:
+    return f".{dst.name}.partial-"
+
+
+def remove_stale_partials(dst: Path) -> None:
+    """Remove the temporary folders that conversions to `dst` killed mid-run (SIGKILL, power loss) left next to
+    it: those named for a process that no longer exists. A running conversion's folder stays."""
+    prefix = _partial_prefix(dst)
+    for folder in dst.parent.glob(glob.escape(prefix) + "*"):
+        pid = folder.name[len(prefix):].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or no pid at all: leave its folder
+        return True
+    return True
 
 
 def refuse_existing(dst: Path) -> None:

@@ -200,6 +200,13 @@ quantize.convert({str(hub_model)!r}, {str(dst)!r}, bits=4)
         process.kill()
         process.wait()
     assert not dst.exists()
+    left = list(tmp_path.glob(".out.partial-*"))
+    assert left, "the killed run's folder should be beside dst"
+    # the next run to the same dst removes what the killed one left, and keeps a running conversion's folder
+    running = tmp_path / f".out.partial-{os.getpid()}-running"
+    running.mkdir()
+    quantize.convert(str(hub_model), str(dst), bits=4)
+    assert dst.is_dir() and sorted(tmp_path.glob(".out.partial-*")) == [running]
 
 
 def test_already_quantized_source_is_refused(mlx_model, tmp_path):
