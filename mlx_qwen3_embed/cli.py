@@ -168,12 +168,13 @@ def info(
     from .blas import blas
     from .device import plan
     from .embedder import _default_max_length
-    from .quantize import summary
-    from .weights import read_config, resolve
+    from .quantize import hub_summary, summary
+    from .weights import has_weights, read_config, resolve
 
     name = model or default_model()
-    folder = resolve(name)
-    args, config, disk = read_config(folder), json.loads((folder / "config.json").read_text()), summary(folder)
+    folder = resolve(name, weights=False)  # a hub model's weights are not downloaded just to describe them
+    disk = summary(folder) if Path(name).expanduser().is_dir() or has_weights(folder) else hub_summary(name, folder)
+    args, config = read_config(folder), json.loads((folder / "config.json").read_text())
     quantization = args.quantization or {}
     compute = plan(device, dtype)
     facts = {

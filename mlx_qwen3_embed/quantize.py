@@ -6,6 +6,7 @@ writes is the one mlx-lm's own `quantize_model`/`save_model`/`save_config` write
 metadata, an index json), so mlx-lm and `mlx_qwen3_embed.load` both read it.
 """
 
+import fnmatch
 import glob
 import json
 import os
@@ -23,7 +24,7 @@ from .device import DTYPES, plan
 from .distill import distill, read_calibration
 from .model import Qwen3
 from .tokenizer import EOS, Tokenizer
-from .weights import check, read_config, read_tensors, resolve
+from .weights import HUB_FILES, check, read_config, read_tensors, resolve
 
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -297,7 +298,32 @@ def summary(folder: Path) -> dict:
         raise FileNotFoundError(f"no *.safetensors in {folder}: is this a model folder?")
     headers = {}
     for f in files:
-        headers |= {k.removeprefix("model."): v for k, v in read_header(f).items()}
+        headers |= read_header(f)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return _summarize(folder, args, headers, size)
+
+
+def hub_summary(repo_id: str, folder: Path, revision: Optional[str] = None) -> dict:
+    """`summary` of a hub checkpoint whose weights are not downloaded: `folder` holds its config (resolve with
+    weights=False); the tensor table comes from the hub's safetensors headers (range requests) and the size from
+    its file list: the size of what `resolve` would download."""
+    from huggingface_hub import HfApi, get_safetensors_metadata
+    from huggingface_hub.errors import NotASafetensorsRepoError, SafetensorsParsingError
+
+    try:
+        tables = get_safetensors_metadata(repo_id, revision=revision).files_metadata.values()
+        files = HfApi().model_info(repo_id, revision=revision, files_metadata=True).siblings or []
+    except (OSError, NotASafetensorsRepoError, SafetensorsParsingError) as e:  # offline (a ConnectionError), HTTP
+        raise FileNotFoundError(f"the weights of {repo_id} are not downloaded and the hub cannot describe them "
+                                f"({type(e).__name__}: {e})") from None
+    headers = {key: {"shape": list(tensor.shape), "data_offsets": tensor.data_offsets}
+               for table in tables for key, tensor in table.tensors.items()}
+    size = sum(f.size or 0 for f in files if any(fnmatch.fnmatch(f.rfilename, p) for p in HUB_FILES))
+    return _summarize(folder, read_config(folder), headers, size)
+
+
+def _summarize(folder: Path, args, headers: dict, size: int) -> dict:
+    headers = {k.removeprefix("model."): v for k, v in headers.items()}
     parameters = tensor_bytes = 0
     for key, info in headers.items():
         count = 1
@@ -311,7 +337,6 @@ def summary(folder: Path) -> dict:
         if name == "weight" and f"{module}.scales" in headers:
             count = count * 32 // (args.quantization_for(module) or {}).get("bits", 4)
         parameters += count
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     return {"path": str(folder), "size_bytes": size, "parameters": parameters,
             "bits_per_weight": tensor_bytes * 8 / parameters if parameters else 0.0,
             "quantization": args.quantization}

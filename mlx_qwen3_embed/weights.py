@@ -15,10 +15,14 @@ from .model import Qwen3
 
 # What a model folder needs; the hub repos also hold ONNX/GGUF copies we must not download.
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "tokenizer.model", "1_Pooling/*"]
+METADATA_FILES = [pattern for pattern in HUB_FILES if pattern != "*.safetensors"]  # all but the weights
 
 
-def resolve(path_or_id: str, revision: Optional[str] = None) -> Path:
-    """A local model folder, or a hub id fetched through huggingface_hub (its cache and HF_HUB_OFFLINE apply)."""
+def resolve(path_or_id: str, revision: Optional[str] = None, *, weights: bool = True) -> Path:
+    """A local model folder, or a hub id fetched through huggingface_hub (its cache and HF_HUB_OFFLINE apply).
+
+    weights=False fetches a hub id's config, tokenizer and index files only (weights already cached stay there).
+    """
     if not isinstance(path_or_id, (str, os.PathLike)):
         raise TypeError(f"model must be a folder path or a hub id (str), got {type(path_or_id).__name__}")
     path = Path(path_or_id).expanduser()
@@ -32,7 +36,7 @@ def resolve(path_or_id: str, revision: Optional[str] = None) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(text, revision=revision, allow_patterns=HUB_FILES))
+        return Path(snapshot_download(text, revision=revision, allow_patterns=HUB_FILES if weights else METADATA_FILES))
     except LocalEntryNotFoundError:
         raise FileNotFoundError(f"{text} is not in the Hugging Face cache and the hub cannot be reached "
                                 "(offline?): download it once with network, or give a local folder") from None
@@ -40,6 +44,14 @@ def resolve(path_or_id: str, revision: Optional[str] = None) -> Path:
         raise FileNotFoundError(f"no hub repository {text}: check the id, or give a local folder") from None
     except HfHubHTTPError as e:
         raise FileNotFoundError(f"could not fetch {text} from the hub: {e}") from None
+
+
+def has_weights(folder: Path) -> bool:
+    """Whether every safetensors file of the checkpoint is in `folder` (all shards its index names)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return all((folder / name).is_file() for name in set(json.loads(index.read_text())["weight_map"].values()))
+    return any(folder.glob("*.safetensors"))
 
 
 def read_config(folder: Path) -> ModelArgs:

@@ -274,6 +274,79 @@ def test_info_text_names_float_checkpoints(runner, hub_model):
     assert "quantization: float (not quantized)" in result.stdout and "dim: 64" in result.stdout
 
 
+@pytest.fixture
+def offline_hub_cache(monkeypatch, tmp_path):
+    """An in-process offline huggingface_hub whose cache is tmp_path/hub (constants are read at call time)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path
+
+
+def fake_hub_api(monkeypatch, folder: Path) -> list[str]:
+    """The hub's safetensors headers and file list, answered from `folder`; returns the calls made."""
+    import types
+
+    import huggingface_hub
+    from huggingface_hub.utils import SafetensorsFileMetadata, SafetensorsRepoMetadata, TensorInfo
+
+    calls = []
+
+    def metadata(repo_id, revision=None, **_):
+        calls.append("get_safetensors_metadata")
+        tables = {f.name: SafetensorsFileMetadata(metadata={}, tensors={
+            key: TensorInfo(dtype=t["dtype"], shape=t["shape"], data_offsets=tuple(t["data_offsets"]))
+            for key, t in quantize.read_header(f).items()}) for f in folder.glob("*.safetensors")}
+        weight_map = {key: name for name, table in tables.items() for key in table.tensors}
+        return SafetensorsRepoMetadata(metadata=None, sharded=False, weight_map=weight_map, files_metadata=tables)
+
+    real_model_info = huggingface_hub.HfApi.model_info
+
+    def model_info(self, repo_id, revision=None, files_metadata=False, **kwargs):
+        if not files_metadata:  # snapshot_download's own look-up: offline, it falls back to the cache
+            return real_model_info(self, repo_id, revision=revision, **kwargs)
+        calls.append("model_info")
+        return types.SimpleNamespace(siblings=[
+            types.SimpleNamespace(rfilename=str(f.relative_to(folder)), size=f.stat().st_size)
+            for f in folder.rglob("*") if f.is_file()])
+
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", metadata)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    return calls
+
+
+def test_info_on_a_hub_id_downloads_no_weights(runner, mlx_model, offline_hub_cache, monkeypatch):
+    config_only = offline_hub_cache / "config-only"
+    shutil.copytree(mlx_model, config_only, ignore=shutil.ignore_patterns("*.safetensors"))
+    cache_hub_model(config_only, offline_hub_cache, "org/tiny-info")
+    calls = fake_hub_api(monkeypatch, mlx_model)
+    result = runner.invoke(app, ["info", "org/tiny-info", "--json"])
+    assert result.exit_code == 0, result.output
+    remote = json.loads(result.stdout)
+    local = json.loads(runner.invoke(app, ["info", str(mlx_model), "--json"]).stdout)
+    for key in ("size_bytes", "parameters", "bits_per_weight", "dim", "quantization", "quantization_overrides"):
+        assert remote[key] == local[key], key
+    assert calls == ["get_safetensors_metadata", "model_info"]
+    assert not list(offline_hub_cache.rglob("*.safetensors"))  # nothing was downloaded
+
+
+def test_info_on_a_cached_hub_model_asks_the_hub_nothing(runner, mlx_model, offline_hub_cache, monkeypatch):
+    cache_hub_model(mlx_model, offline_hub_cache, "org/tiny-cached")
+    calls = fake_hub_api(monkeypatch, mlx_model)
+    result = runner.invoke(app, ["info", "org/tiny-cached", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["parameters"] == quantize.summary(mlx_model)["parameters"] and calls == []
+
+
+def test_info_error_offline_without_the_weights(runner, mlx_model, offline_hub_cache):
+    config_only = offline_hub_cache / "config-only"
+    shutil.copytree(mlx_model, config_only, ignore=shutil.ignore_patterns("*.safetensors"))
+    cache_hub_model(config_only, offline_hub_cache, "org/tiny-offline")
+    result = runner.invoke(app, ["info", "org/tiny-offline"])
+    assert_one_error_line(result, "the weights of org/tiny-offline are not downloaded and the hub cannot describe")
+
+
 def test_info_error_folder_that_is_no_model(runner, tmp_path):
     assert_one_error_line(runner.invoke(app, ["info", str(tmp_path)]), "no config.json in")
 
