@@ -26,7 +26,7 @@ class Kernels:
     """How attention and exp run. The defaults are MLX's own ops (any device, differentiable); device.py picks
     faster ones for the CPU backend, where it measured them."""
     chunked_attention: bool = False  # causal attention in blocks of CHUNK queries (skips the masked triangle)
-    host_exp: bool = False           # exp through numpy (`host_exp`): inference only
+    host_exp: bool = False           # exp of SwiGLU and of the attention softmax by numpy: inference only
 
     @property
     def exp(self):

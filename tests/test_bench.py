@@ -75,7 +75,8 @@ def test_bench_flops_per_token_follow_the_config(bench_json, hub_model):
 def test_bench_table_names_the_blas_and_the_figures(runner, hub_model):
     result = runner.invoke(app, ["bench", "--model", str(hub_model), *QUICK])
     assert result.exit_code == 0, result.output
-    for label in ("BLAS", "kernels", "tokens/s", "texts/s", "p50", "p95", "load", "GFLOP/token", "roofline", "peak memory"):
+    for label in ("BLAS", "kernels", "tokens/s", "texts/s", "p50", "p95", "load", "GFLOP/token", "roofline",
+                  "peak memory"):
         assert label in result.stdout
 
 
