@@ -58,12 +58,15 @@ def main():
 
 # Commands are registered below, one function each: embed, info, convert (issue 3), serve (issue 4), bench (issue 5).
 
+MODEL_HELP = "Hub id or folder (default: $MLX_EMBED_MODEL, else mlx-community/Qwen3-Embedding-0.6B-4bit-DWQ)."
+DEVICE_HELP = "cpu or gpu (default: MLX's default device)."
+DTYPE_HELP = "float32, bfloat16 or float16 (default per device)."
+
 
 @app.command()
 @friendly_errors
 def serve(
-    model: str | None = typer.Option(None, "--model", "-m",
-                                     help="Hub id or folder (default: $MLX_EMBED_MODEL or the 0.6B DWQ)."),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to bind; loopback by default, so only this machine can call."),
     port: int = typer.Option(8000, help="TCP port."),
     api_key: str | None = typer.Option(None, envvar="MLX_EMBED_API_KEY",
@@ -74,8 +77,8 @@ def serve(
     max_queue: int = typer.Option(1024, help="Requests waiting beyond this are answered 429."),
     max_inputs: int = typer.Option(2048, help="Inputs allowed in one request."),
     max_length: int | None = typer.Option(None, help="Tokens per input (default: the checkpoint's max_seq_length)."),
-    device: str | None = typer.Option(None, help="cpu or gpu (default: MLX's default device)."),
-    dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16 (default per device)."),
+    device: str | None = typer.Option(None, help=DEVICE_HELP),
+    dtype: str | None = typer.Option(None, help=DTYPE_HELP),
     log_level: str = typer.Option("info", help="uvicorn's log level."),
 ):
     """Serve OpenAI-compatible POST /v1/embeddings (+ /v1/models, /health, /metrics), batching across requests."""
@@ -96,7 +99,6 @@ def serve(
 
 # --- embed, info, convert (issue 3) ---------------------------------------------------------------------------
 
-MODEL_HELP = "Hub id or folder (default: $MLX_EMBED_MODEL, else mlx-community/Qwen3-Embedding-0.6B-4bit-DWQ)."
 PROGRESS_CHUNK = 256  # texts per call when a progress bar is shown; vectors do not depend on the chunking
 
 
@@ -123,8 +125,8 @@ def embed(
     max_length: int | None = typer.Option(None, help="Tokens per text (default: the checkpoint's max_seq_length)."),
     batch_tokens: int | None = typer.Option(None, help="Padded tokens per forward pass (default: the device's)."),
     pooling: str = typer.Option("last", help="last (the model's), mean, first or max."),
-    device: str | None = typer.Option(None, help="cpu or gpu (default: MLX's default device)."),
-    dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16 (default per device)."),
+    device: str | None = typer.Option(None, help=DEVICE_HELP),
+    dtype: str | None = typer.Option(None, help=DTYPE_HELP),
 ):
     """Embed texts; print one JSON line per text: {"index", "embedding", "tokens"}."""
     import numpy as np
@@ -338,8 +340,8 @@ def bench(
     rounds: int = typer.Option(3, help="Timed passes over the corpus; the median is reported."),
     query_repeats: int = typer.Option(3, help="Times each of the 8 single queries is timed (latency p50/p95)."),
     batch_tokens: int | None = typer.Option(None, help="Padded tokens per forward pass (default: the device's)."),
-    device: str | None = typer.Option(None, help="cpu or gpu (default: MLX's default device)."),
-    dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16 (default per device)."),
+    device: str | None = typer.Option(None, help=DEVICE_HELP),
+    dtype: str | None = typer.Option(None, help=DTYPE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
 ):
     """Tokens/s and texts/s over a corpus, single-query latency, load time, peak memory and % of GEMM roofline."""

@@ -223,7 +223,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError):  # another user's process, or no pid at all: leave its folder
-        return True
+        pass
     return True
 
 
