@@ -27,7 +27,7 @@ from mlx_qwen3_embed.batching import pad_right, plan_batches
 from mlx_qwen3_embed.config import ModelArgs
 from mlx_qwen3_embed.device import plan
 from mlx_qwen3_embed.distill import distill, read_calibration, split_holdout
-from mlx_qwen3_embed.model import Qwen3
+from mlx_qwen3_embed.models.qwen3 import Qwen3
 from mlx_qwen3_embed.pooling import normalize, pool
 from mlx_qwen3_embed.quantize import RECIPES, quantize
 from mlx_qwen3_embed.tokenizer import Tokenizer

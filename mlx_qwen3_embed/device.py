@@ -19,7 +19,7 @@ from typing import Optional
 import mlx.core as mx
 
 from .blas import warn_if_slow
-from .model import Kernels
+from .models.qwen3 import Kernels
 
 X86 = ("x86_64", "amd64")
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}

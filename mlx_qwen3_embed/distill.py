@@ -32,7 +32,7 @@ from mlx.utils import tree_unflatten
 
 from .batching import pad_right, plan_batches
 from .device import plan
-from .model import Qwen3
+from .models.qwen3 import Qwen3
 from .pooling import normalize, pool
 from .textio import jsonl_records
 from .tokenizer import DEFAULT_INSTRUCTION, Tokenizer, query_prompt

@@ -11,7 +11,7 @@ from . import pooling as _pooling
 from .batching import pad_right, plan_batches
 from .config import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
-from .model import Qwen3
+from .models.qwen3 import Qwen3
 from .tokenizer import Tokenizer, apply_prompt, query_prompt, read_prompts
 from .weights import load_model, resolve
 

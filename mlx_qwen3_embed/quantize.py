@@ -22,7 +22,7 @@ from mlx.utils import tree_map, tree_unflatten
 
 from .device import DTYPES, plan
 from .distill import distill, read_calibration
-from .model import Qwen3
+from .models.qwen3 import Qwen3
 from .tokenizer import EOS, Tokenizer
 from .weights import HUB_FILES, check, read_config, read_tensors, resolve
 

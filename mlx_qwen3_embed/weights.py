@@ -11,7 +11,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import ModelArgs
 from .device import DevicePlan
-from .model import Qwen3
+from .models.qwen3 import Qwen3
 
 # What a model folder needs; the hub repos also hold ONNX/GGUF copies we must not download.
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "tokenizer.model", "1_Pooling/*"]

@@ -4,7 +4,7 @@ import mlx.core as mx
 import pytest
 
 from mlx_qwen3_embed.device import plan
-from mlx_qwen3_embed.model import Kernels
+from mlx_qwen3_embed.models.qwen3 import Kernels
 
 
 def test_cpu_computes_in_float32_and_dequantizes():

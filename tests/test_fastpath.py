@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed import model
+from mlx_qwen3_embed.models import qwen3 as model
 from mlx_qwen3_embed.batching import pad_right
 
 torch = pytest.importorskip("torch")

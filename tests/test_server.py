@@ -16,8 +16,9 @@ import uvicorn
 from fastapi import testclient as fastapi_testclient
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed.server import INLINE_CHARS, create_app
-from mlx_qwen3_embed.worker import BatchWorker, Job
+from mlx_qwen3_embed.serve import create_app
+from mlx_qwen3_embed.serve.openai import INLINE_CHARS
+from mlx_qwen3_embed.serve.worker import BatchWorker, Job
 
 openai = pytest.importorskip("openai")  # the `test` extra
 

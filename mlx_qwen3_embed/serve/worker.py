@@ -15,9 +15,9 @@ from typing import Optional
 import mlx.core as mx
 import numpy as np
 
-from .device import check_batch_tokens
-from .embedder import Embedder
-from .pooling import normalize
+from ..device import check_batch_tokens
+from ..embedder import Embedder
+from ..pooling import normalize
 
 
 CACHE_KEEP = 256 * 2**20

@@ -1,0 +1,42 @@
+"""`mlx-embed convert`: original weights -> the mlx-community quantized layout."""
+
+import typer
+
+from . import app, friendly_errors
+
+
+@app.command()
+@friendly_errors
+def convert(
+    src: str = typer.Argument(..., help="Original float weights: a hub id (Qwen/Qwen3-Embedding-0.6B) or a folder."),
+    dst: str = typer.Argument(..., help="New folder for the mlx-community layout; must not exist."),
+    bits: int | None = typer.Option(None, help="Bits per weight: 4, 6 or 8 (also 2, 3, 5); default 4."),
+    group_size: int = typer.Option(64, help="Weights sharing one scale and bias: 32, 64 or 128."),
+    recipe: str | None = typer.Option(None, help="Mixed precision instead of --bits: mixed_4_6 or mixed_4_8."),
+    dtype: str | None = typer.Option(None, help="bfloat16, float16 or float32 for scales and norms "
+                                                "(default: the source's)."),
+    dwq: bool = typer.Option(False, "--dwq", help="Embedding-distilled quantization: tune scales and biases so "
+                                                  "the vectors match the float model's on calibration texts."),
+    calibration: str | None = typer.Option(None, help="--dwq texts: JSON Lines {text, kind: query|document} "
+                                                      "(default: convert/calibration/calibration.jsonl)."),
+    steps: int = typer.Option(300, help="--dwq training steps."),
+    lr: float = typer.Option(1e-3, help="--dwq learning rate, in units of each layer's quantization step."),
+    batch_tokens: int = typer.Option(2048, help="--dwq padded tokens per training step."),
+    checkpoint: bool = typer.Option(False, help="--dwq: recompute blocks in the backward pass (less memory: 4B/8B)."),
+):
+    """Quantize original Qwen3-Embedding weights into a folder that mlx-lm and this package load."""
+    from .. import quantize
+
+    def progress(step: int, loss: float):
+        if step % 10 == 0 or step == steps:
+            typer.echo(f"dwq step {step}/{steps}: loss {loss:.5f}", err=True)
+
+    result = quantize.convert(src, dst, bits=bits, group_size=group_size, recipe=recipe, dtype=dtype, dwq=dwq,
+                              calibration=calibration, steps=steps, lr=lr, batch_tokens=batch_tokens,
+                              checkpoint=checkpoint, callback=progress if dwq else None)
+    overrides = sum(isinstance(v, dict) for v in result["quantization"].values())
+    typer.echo(f"wrote {result['path']}: {result['size_bytes'] / 2**20:.1f} MiB, "
+               f"{result['bits_per_weight']:.3f} bits per weight ({result['quantization']['bits']}-bit, "
+               f"group size {result['quantization']['group_size']}, {overrides} modules at other bits)")
+    if "dwq" in result:
+        typer.echo(result["dwq"].summary())

@@ -1,0 +1,107 @@
+"""`mlx-embed embed`: texts from arguments, a file or stdin -> JSON lines or a .npy file."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from . import DEVICE_HELP, DTYPE_HELP, MODEL_HELP, app, default_model, friendly_errors
+from .inputs import read_texts
+
+PROGRESS_CHUNK = 256  # texts per call when a progress bar is shown; vectors do not depend on the chunking
+
+
+@app.command()
+@friendly_errors
+def embed(
+    texts: list[str] | None = typer.Argument(None, help="Texts to embed; '-' (or none, with a pipe) reads stdin."),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    file: str | None = typer.Option(None, "--file", "-f",
+                                    help="Read texts from F: one per line, or JSON Lines with a 'text' field "
+                                         "(.jsonl/.ndjson, or --jsonl); '-' is stdin."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="Input is JSON Lines with a 'text' field (any file, stdin)."),
+    output: str | None = typer.Option(None, "--output", "-o",
+                                      help="Write x.npy (float32 (N, dim)) or x.jsonl instead of stdout."),
+    format: str | None = typer.Option(None, "--format",
+                                      help="jsonl or npy (default: from --output's suffix, else jsonl)."),
+    instruction: str | None = typer.Option(None, help="Task for queries: 'Instruct: {instruction}\\nQuery:{text}'."),
+    prompt_name: str | None = typer.Option(None, help="A named prompt of the checkpoint: query or document."),
+    prompt: str | None = typer.Option(None, help="A raw prefix put before every text."),
+    dim: int | None = typer.Option(None, help="Matryoshka size: the first DIM values, renormalised."),
+    normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise the vectors."),
+    truncate: bool = typer.Option(True, "--truncate/--no-truncate",
+                                  help="Cut over-long texts to --max-length (--no-truncate: refuse them)."),
+    max_length: int | None = typer.Option(None, help="Tokens per text (default: the checkpoint's max_seq_length)."),
+    batch_tokens: int | None = typer.Option(None, help="Padded tokens per forward pass (default: the device's)."),
+    pooling: str = typer.Option("last", help="last (the model's), mean, first or max."),
+    device: str | None = typer.Option(None, help=DEVICE_HELP),
+    dtype: str | None = typer.Option(None, help=DTYPE_HELP),
+):
+    """Embed texts; print one JSON line per text: {"index", "embedding", "tokens"}."""
+    import numpy as np
+
+    from .. import load
+
+    texts = read_texts(texts or [], file, jsonl)
+    format = output_format(format, output)
+    embedder = load(model or default_model(), device=device, dtype=dtype, max_length=max_length, pooling=pooling)
+    # tokenize all first: an over-long text (--no-truncate) fails before any output is written
+    sequences = embedder.tokenize(texts, instruction=instruction, prompt_name=prompt_name, prompt=prompt,
+                                  truncate=truncate)
+    tokens = [len(ids) for ids in sequences]
+    chunk = PROGRESS_CHUNK if len(texts) > PROGRESS_CHUNK else len(texts)
+    out = sys.stdout if output is None else None
+    vectors = []
+    with typer.progressbar(length=len(texts), label="embedding", file=sys.stderr,
+                           hidden=len(texts) <= PROGRESS_CHUNK) as bar:
+        for start in range(0, len(texts), chunk):
+            part = embedder.embed_ids(sequences[start:start + chunk], dim=dim, normalize=normalize,
+                                      batch_tokens=batch_tokens)
+            if out is not None:  # stream to stdout as chunks finish
+                write_jsonl(out, part, tokens[start:start + chunk], start)
+                out.flush()
+            else:
+                vectors.append(part)
+            bar.update(len(part))
+    if out is None:
+        write_output(np.concatenate(vectors), tokens, output, format)
+
+
+def output_format(format: str | None, output: str | None) -> str:
+    if format is None:
+        format = "npy" if output and output.endswith(".npy") else "jsonl"
+    if format not in ("jsonl", "npy"):
+        raise ValueError(f"--format must be jsonl or npy, got {format!r}")
+    if format == "npy" and output is None:
+        raise ValueError("--format npy needs --output x.npy: binary arrays do not go to the terminal")
+    if output is not None and not Path(output).expanduser().parent.is_dir():  # before minutes of embedding
+        raise FileNotFoundError(f"cannot write {output}: folder {Path(output).expanduser().parent} does not exist")
+    return format
+
+
+def write_jsonl(out, vectors, tokens: list[int], start: int = 0) -> None:
+    for i, (vector, n) in enumerate(zip(vectors, tokens)):
+        out.write(json.dumps({"index": start + i, "embedding": vector.tolist(), "tokens": n}) + "\n")
+
+
+def write_output(vectors, tokens: list[int], output: str, format: str) -> None:
+    """Write to a temporary file next to `output`, then rename: a failed run leaves no half-written file."""
+    import tempfile
+
+    import numpy as np
+
+    path = Path(output).expanduser()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if format == "npy" else "w", encoding=None if format == "npy" else "utf-8") as f:
+            if format == "npy":
+                np.save(f, vectors.astype(np.float32))
+            else:
+                write_jsonl(f, vectors, tokens)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+

@@ -1,0 +1,174 @@
+"""The OpenAI dialect: `POST /v1/embeddings` (also `/embeddings`) and `GET /v1/models`.
+
+Handlers check and tokenize each request (so `usage.prompt_tokens` is real and over-long input is refused before it
+queues), then hand the ids to the one BatchWorker.
+"""
+
+import asyncio
+import base64
+import json
+from typing import Any, Literal, Optional
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+from starlette.concurrency import run_in_threadpool
+
+from ..embedder import Embedder
+from .errors import ApiError
+from .worker import BatchWorker, Job, QueueFull
+
+MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
+EMBEDDING_PATHS = ("/v1/embeddings", "/embeddings")
+INLINE_CHARS = 20_000  # requests with more characters than this are tokenized in a worker thread
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request, plus `instruction`, `prompt_name` and `truncate` (OpenAI's schema lacks them)."""
+    input: Any = Field(..., description="a string, a list of strings, a list of token ids, or a list of such lists")
+    model: Optional[StrictStr] = None
+    dimensions: Optional[StrictInt] = Field(None, description="Matryoshka size: first values, re-normalised")
+    encoding_format: Literal["float", "base64"] = "float"
+    user: Optional[StrictStr] = None
+    instruction: Optional[StrictStr] = Field(None, description='query task: "Instruct: {instruction}\\nQuery:{text}"')
+    prompt_name: Optional[StrictStr] = Field(None, description='a named prompt of the checkpoint, e.g. "query"')
+    truncate: StrictBool = Field(False, description="cut over-long input to max_length instead of answering 400")
+
+
+
+def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *, model_id: str, max_inputs: int,
+               started: int):
+    """Register the OpenAI routes on `app`; `metrics` counts inputs and tokens."""
+
+    async def embeddings(body: EmbeddingRequest):
+        dim = _check_dimensions(body.dimensions, embedder.dim)
+        # a few short texts tokenize in microseconds; only a big request is worth a thread hop off the event loop
+        if _size(body.input) > INLINE_CHARS:
+            sequences = await run_in_threadpool(_tokenize, embedder, body, max_inputs)
+        else:
+            sequences = _tokenize(embedder, body, max_inputs)
+        try:
+            future = worker.submit(Job(sequences, dim))
+        except QueueFull as e:
+            raise ApiError(f"server busy: {e}; retry shortly", code="queue_full", status=429,
+                           kind="rate_limit_error") from None
+        try:
+            vectors = await asyncio.wrap_future(future)
+        except Exception as e:  # the model's fault, not the client's
+            raise ApiError(f"embedding failed: {e}", code="internal_error", status=500, kind="server_error") from e
+        tokens = sum(len(s) for s in sequences)
+        metrics.inputs += len(sequences)
+        metrics.prompt_tokens += tokens
+        return Response(_encode(vectors, body.encoding_format, model_id, tokens), media_type="application/json")
+
+    for path in EMBEDDING_PATHS:
+        app.post(path)(embeddings)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": started,
+                                            "owned_by": "mlx-embed", "dimensions": embedder.dim,
+                                            "max_length": embedder.max_length}]}
+
+
+def _size(given: Any) -> int:
+    """Characters (or token ids) in `input`, to decide where to tokenize; a wrong shape counts as small."""
+    if isinstance(given, str):
+        return len(given)
+    if isinstance(given, list):
+        return sum(len(x) if isinstance(x, (str, list)) else 1 for x in given)
+    return 0
+
+
+
+def _check_dimensions(dimensions: Optional[int], full: int) -> int:
+    if dimensions is None:
+        return full
+    if not 1 <= dimensions <= full:
+        raise ApiError(f"dimensions must be between 1 and {full}, got {dimensions}", "dimensions",
+                       "invalid_value")
+    return dimensions
+
+
+def _tokenize(embedder: Embedder, body: EmbeddingRequest, max_inputs: int) -> list[list[int]]:
+    """The request's `input` -> finished token ids (each ends in one <|endoftext|>), or an ApiError."""
+    given = body.input
+    if isinstance(given, str) or (isinstance(given, list) and given and _is_ids(given)):
+        data = [given]  # one string, or one list of token ids, is one input
+    elif isinstance(given, list):
+        data = given
+    else:
+        raise ApiError(f"input must be a string, a list of strings or a list of token-id lists, got "
+                       f"{type(given).__name__}", "input", "invalid_type")
+    if not data:
+        raise ApiError("input is empty: send at least one string or token list", "input", "empty_input")
+    if len(data) > max_inputs:
+        raise ApiError(f"input has {len(data)} items, more than the limit of {max_inputs}: split the request",
+                       "input", "too_many_inputs")
+    if all(isinstance(x, str) for x in data):
+        return _tokenize_texts(embedder, body, data)
+    if all(_is_ids(x) for x in data):
+        return _finish_ids(embedder, body, data)
+    # the first item unlike the first one: a wrong type, or a string among token lists (or the reverse)
+    kind = isinstance(data[0], str)
+    bad = next(i for i, x in enumerate(data) if not (isinstance(x, str) or _is_ids(x)) or isinstance(x, str) != kind)
+    raise ApiError(f"input[{bad}] is {json.dumps(data[bad])[:40]}: every item must be a string, or every item "
+                   "a list of token ids (ints), not a mix", "input", "invalid_type")
+
+
+def _is_ids(x: Any) -> bool:
+    return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+
+def _tokenize_texts(embedder: Embedder, body: EmbeddingRequest, texts: list[str]) -> list[list[int]]:
+    empty = next((i for i, t in enumerate(texts) if not t), None)
+    if empty is not None:
+        raise ApiError(f"input[{empty}] is an empty string: send text", "input", "empty_input")
+    if body.instruction is not None and body.prompt_name is not None:
+        raise ApiError("give instruction or prompt_name, not both", "prompt_name", "invalid_value")
+    if body.prompt_name is not None and body.prompt_name not in embedder.prompts:
+        raise ApiError(f"unknown prompt_name {body.prompt_name!r}: this model has "
+                       f"{', '.join(sorted(embedder.prompts))}", "prompt_name", "invalid_value")
+    try:
+        return embedder.tokenize(texts, instruction=body.instruction, prompt_name=body.prompt_name,
+                                 truncate=body.truncate)
+    except ValueError as e:  # the only ValueError left is an over-long input without truncate
+        raise _too_long(e) from None
+
+
+def _finish_ids(embedder: Embedder, body: EmbeddingRequest, sequences: list[list[int]]) -> list[list[int]]:
+    if body.instruction is not None or body.prompt_name is not None:
+        param = "instruction" if body.instruction is not None else "prompt_name"
+        raise ApiError(f"{param} applies to text input only: put the prompt's tokens in the ids yourself",
+                       param, "invalid_value")
+    vocab = embedder.args.vocab_size
+    finished = []
+    for i, ids in enumerate(sequences):
+        if not ids:
+            raise ApiError(f"input[{i}] is an empty token list", "input", "empty_input")
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ApiError(f"input[{i}] holds {bad}, not a token id in 0..{vocab - 1}", "input", "invalid_value")
+        try:
+            finished.append(embedder.tokenizer.finish(ids, embedder.max_length, body.truncate, i))
+        except ValueError as e:
+            raise _too_long(e) from None
+    return finished
+
+
+def _too_long(e: ValueError) -> ApiError:
+    return ApiError(f"{e} (send \"truncate\": true to cut it)", "input", "context_length_exceeded")
+
+
+def _encode(vectors: np.ndarray, encoding_format: str, model_id: str, tokens: int) -> bytes:
+    """(N, dim) float32 -> OpenAI's response JSON; base64 is the little-endian float32 bytes of each row."""
+    if encoding_format == "base64":
+        rows = [base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
+    else:
+        rows = vectors.tolist()
+    data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
+    body = {"object": "list", "data": data, "model": model_id,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()  # allow_nan=False: no NaN leaves
+
