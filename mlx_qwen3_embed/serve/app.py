@@ -65,18 +65,18 @@ def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_mode
     @app.exception_handler(ApiError)
     async def client_error(request: Request, e: ApiError):
         headers = {"Retry-After": "1"} if e.status == 429 else None
-        return error_response(e.status, e.message, e.param, e.code, e.kind, headers)
+        return error_response(request.url.path, e.status, e.message, e.param, e.code, e.kind, headers)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception):
-        return error_response(500, f"internal error: {type(e).__name__}: {e}", code="internal_error",
+        return error_response(request.url.path, 500, f"internal error: {type(e).__name__}: {e}", code="internal_error",
                               kind="server_error")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
         # unknown paths (404) and wrong methods (405) also answer in OpenAI's shape
         message = f"{request.method} {request.url.path}: {e.detail}"
-        return error_response(e.status_code, message, code=str(e.detail).lower().replace(" ", "_"),
+        return error_response(request.url.path, e.status_code, message, code=str(e.detail).lower().replace(" ", "_"),
                               headers=getattr(e, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -86,7 +86,7 @@ def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_mode
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
         code = {"json_invalid": "invalid_json", "missing": "missing_field"}.get(first.get("type"), "invalid_value")
-        return error_response(400, f"{param or 'body'}: {first['msg']}", param, code)
+        return error_response(request.url.path, 400, f"{param or 'body'}: {first['msg']}", param, code)
 
     openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
 
@@ -130,7 +130,7 @@ class AuthorizeAndCount:
         try:
             if self.api_key and (path.startswith("/v1/") or path in EMBEDDING_PATHS) and not _key_matches(
                     Headers(scope=scope).get("authorization", ""), self.api_key):
-                response = error_response(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                response = error_response(path, 401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                           code="invalid_api_key")
                 await response(scope, receive, send_and_count)
             else:

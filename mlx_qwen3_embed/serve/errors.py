@@ -1,4 +1,8 @@
-"""Errors the server answers with: ApiError carries a status and OpenAI's error fields."""
+"""Errors the server answers with, each in the error shape of the API dialect the request was made in.
+
+ApiError carries a status and OpenAI's error fields; `error_response(path, ...)` renders it for the dialect that
+owns `path`, so app-wide limits (401, 413, 429, timeouts) answer every client in the shape its SDK parses.
+"""
 
 from typing import Optional
 
@@ -14,9 +18,13 @@ class ApiError(Exception):
         self.message, self.param, self.code, self.status, self.kind = message, param, code, status, kind
 
 
-def error_response(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+def dialect(path: str) -> str:
+    """The API dialect a request path belongs to: "openai" unless another dialect's routes own it."""
+    return "openai"
+
+
+def error_response(path: str, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
                    kind: str = "invalid_request_error", headers: Optional[dict] = None) -> JSONResponse:
-    """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
+    """The error body of `path`'s dialect. OpenAI: {"error": {"message", "type", "param", "code"}}."""
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
-
