@@ -4,7 +4,7 @@
     python bench/quality.py --model PATH          # a real hub-layout checkpoint (Qwen/Qwen3-Embedding-0.6B)
 
 Every recipe starts from the same float weights; the held-out texts are the part of the shipped calibration
-set (convert/calibration/) that DWQ never trains on: documents plain, queries in the instruction format.
+set (mlx_qwen3_embed/data/calibration/) that DWQ never trains on: documents plain, queries in the instruction format.
 Vectors are measured through the library's own loader path (dequantized, fp32), so the numbers are those of
 the saved checkpoints. Writes bench/results/quality.md and quality.json. On CPU, run with an optimised BLAS:
 LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 (see ../shared/REFERENCE.md).
@@ -92,7 +92,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="hub-layout checkpoint folder (default: random 0.6B-width weights)")
     parser.add_argument("--layers", type=int, default=4, help="layers of the random model (real 0.6B: 28)")
-    parser.add_argument("--calibration", help="JSON Lines calibration file (default: convert/calibration)")
+    parser.add_argument("--calibration", help="JSON Lines calibration file (default: mlx_qwen3_embed/data/calibration)")
     parser.add_argument("--holdout", type=float, default=0.2)
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--lr", type=float, default=1e-3)

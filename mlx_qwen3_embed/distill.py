@@ -38,8 +38,8 @@ from .textio import jsonl_records
 from .tokenizer import DEFAULT_INSTRUCTION, Tokenizer, query_prompt
 
 KINDS = ("query", "document")
-# The calibration set in the source tree (convert/calibration/), used when no file is given
-CALIBRATION = Path(__file__).resolve().parent.parent / "convert" / "calibration" / "calibration.jsonl"
+# The calibration set shipped inside the package (data/calibration/), used when no file is given
+CALIBRATION = Path(__file__).resolve().parent / "data" / "calibration" / "calibration.jsonl"
 
 
 @dataclass

@@ -18,7 +18,7 @@ def convert(
     dwq: bool = typer.Option(False, "--dwq", help="Embedding-distilled quantization: tune scales and biases so "
                                                   "the vectors match the float model's on calibration texts."),
     calibration: str | None = typer.Option(None, help="--dwq texts: JSON Lines {text, kind: query|document} "
-                                                      "(default: convert/calibration/calibration.jsonl)."),
+                                                      "(default: mlx_qwen3_embed/data/calibration/calibration.jsonl)."),
     steps: int = typer.Option(300, help="--dwq training steps."),
     lr: float = typer.Option(1e-3, help="--dwq learning rate, in units of each layer's quantization step."),
     batch_tokens: int = typer.Option(2048, help="--dwq padded tokens per training step."),
