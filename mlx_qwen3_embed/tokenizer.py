@@ -61,6 +61,11 @@ class Tokenizer:
             ids = ids[: max_length - 1]
         return ids + [self.eos_id]
 
+    def pieces(self, text: str) -> list[tuple[int, int, int]]:
+        """`text` -> (id, start, stop) per token, start/stop character offsets into text (no <|endoftext|>)."""
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        return [(i, start, stop) for i, (start, stop) in zip(encoding.ids, encoding.offsets)]
+
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 

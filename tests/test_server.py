@@ -320,8 +320,8 @@ def test_metrics_count_requests_and_tokens(client, embedder):
     after = client.get("/metrics").text
     tokens = sum(len(ids) for ids in embedder.tokenize(["metric one", "metric two"]))
     assert metric(after, "mlx_embed_prompt_tokens_total") - metric(before, "mlx_embed_prompt_tokens_total") == tokens
-    assert metric(after, 'mlx_embed_requests_total{path="/v1/embeddings",code="200"}') \
-        == metric(before, 'mlx_embed_requests_total{path="/v1/embeddings",code="200"}') + 1
+    assert metric(after, 'mlx_embed_requests_total{code="200",path="/v1/embeddings"}') \
+        == metric(before, 'mlx_embed_requests_total{code="200",path="/v1/embeddings"}') + 1
     for name in ("mlx_embed_batch_requests_count", "mlx_embed_request_duration_seconds_count"):
         assert metric(after, name) >= 1
 
@@ -368,7 +368,7 @@ def test_worker_packs_queued_requests_into_one_call(embedder, sample):
         got = np.concatenate([f.result(timeout=60) for f in futures])
     finally:
         worker.stop()
-    assert worker.batches == 1 and worker.batch_requests.sum == len(sample)
+    assert worker.batches == 1 and worker.metrics.value("mlx_embed_batch_requests_sum") == len(sample)
     np.testing.assert_allclose(got, embedder.embed(sample), atol=ATOL)
 
 
@@ -456,5 +456,5 @@ def test_worker_skips_requests_whose_client_hung_up(embedder, sample):
         got = kept.result(timeout=60)
     finally:
         worker.stop()
-    assert worker.batch_inputs.sum == 1
+    assert worker.metrics.value("mlx_embed_batch_inputs_sum") == 1
     np.testing.assert_allclose(got, embedder.embed([sample[1]]), atol=ATOL)

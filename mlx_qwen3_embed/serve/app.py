@@ -11,30 +11,20 @@ from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..embedder import Embedder
-from . import openai
+from . import ollama, openai, tei
 from .errors import ApiError, error_response
 from .openai import EMBEDDING_PATHS, MAX_INPUTS
-from .worker import BatchWorker, Histogram
+from .metrics import CONTENT_TYPE, Metrics
+from .worker import BatchWorker
 
-KNOWN_PATHS = EMBEDDING_PATHS + ("/v1/models", "/health", "/metrics")
-
-
-class Metrics:
-    """Counters the /metrics endpoint prints in Prometheus' text format."""
-
-    def __init__(self):
-        self.requests: dict[tuple[str, int], int] = {}
-        self.inputs = 0
-        self.prompt_tokens = 0
-        self.latency = Histogram((0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-
-    def count(self, path: str, status: int):
-        self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
+KNOWN_PATHS = EMBEDDING_PATHS + ("/v1/models", "/health", "/metrics") + ollama.PATHS + tei.PATHS
+# embedding routes: timed in the latency histogram, and behind the API key when one is set
+GUARDED_PATHS = EMBEDDING_PATHS + ollama.EMBED_PATHS + tei.EMBED_PATHS
 
 
 def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_model_name: Optional[str] = None,
@@ -42,14 +32,14 @@ def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_mode
                max_inputs: int = MAX_INPUTS) -> FastAPI:
     """The FastAPI app serving `embedder`; its BatchWorker starts and stops with the app's lifespan.
 
-    api_key: when set, /v1/* and /embeddings need `Authorization: Bearer <api_key>` (401 otherwise).
+    api_key: when set, /v1/*, /api/* and the embedding routes need `Authorization: Bearer <api_key>` (401 otherwise).
     batch_tokens, max_batch_requests, max_queue: see BatchWorker. max_inputs: inputs per request.
     """
     if isinstance(max_inputs, bool) or not isinstance(max_inputs, int) or max_inputs < 1:
         raise ValueError(f"max_inputs must be a positive int, got {max_inputs!r}")
-    worker = BatchWorker(embedder, batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
-                         max_queue=max_queue)
     metrics = Metrics()
+    worker = BatchWorker(embedder, batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
+                         max_queue=max_queue, metrics=metrics)
     model_id = served_model_name or embedder.name
     started = int(time.time())
 
@@ -89,6 +79,8 @@ def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_mode
         return error_response(request.url.path, 400, f"{param or 'body'}: {first['msg']}", param, code)
 
     openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
+    ollama.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
+    tei.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs)
 
     @app.get("/health")
     async def health():
@@ -99,14 +91,14 @@ def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_mode
 
     @app.get("/metrics")
     async def prometheus():
-        return PlainTextResponse(_prometheus(metrics, worker), media_type="text/plain; version=0.0.4")
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     app.add_middleware(AuthorizeAndCount, api_key=api_key, metrics=metrics)
     return app
 
 
 class AuthorizeAndCount:
-    """ASGI middleware: 401 without the API key on /v1/* and /embeddings; counts answers and times embeddings.
+    """ASGI middleware: 401 without the API key on /v1/*, /api/* and the embedding routes; counts answers and times embeddings.
 
     Plain ASGI rather than @app.middleware("http"), which costs a task and a stream copy per request.
     """
@@ -128,7 +120,7 @@ class AuthorizeAndCount:
             await send(message)
 
         try:
-            if self.api_key and (path.startswith("/v1/") or path in EMBEDDING_PATHS) and not _key_matches(
+            if self.api_key and (path.startswith(("/v1/", "/api/")) or path in GUARDED_PATHS) and not _key_matches(
                     Headers(scope=scope).get("authorization", ""), self.api_key):
                 response = error_response(path, 401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                           code="invalid_api_key")
@@ -137,34 +129,10 @@ class AuthorizeAndCount:
                 await self.app(scope, receive, send_and_count)
         finally:
             self.metrics.count(path if path in KNOWN_PATHS else "other", status)
-            if path in EMBEDDING_PATHS:
+            if path in GUARDED_PATHS:
                 self.metrics.latency.observe(time.perf_counter() - start)
 
 
 def _key_matches(header: str, api_key: str) -> bool:
     scheme, _, token = header.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
-
-
-
-def _prometheus(metrics: Metrics, worker: BatchWorker) -> str:
-    lines = ["# HELP mlx_embed_requests_total HTTP requests by path and status code.",
-             "# TYPE mlx_embed_requests_total counter"]
-    for (path, code), n in sorted(metrics.requests.items()):
-        lines.append(f'mlx_embed_requests_total{{path="{path}",code="{code}"}} {n}')
-    lines += ["# HELP mlx_embed_inputs_total Inputs (texts or token lists) embedded.",
-              "# TYPE mlx_embed_inputs_total counter", f"mlx_embed_inputs_total {metrics.inputs}",
-              "# HELP mlx_embed_prompt_tokens_total Tokens embedded (usage.prompt_tokens summed).",
-              "# TYPE mlx_embed_prompt_tokens_total counter", f"mlx_embed_prompt_tokens_total {metrics.prompt_tokens}",
-              "# HELP mlx_embed_batches_total Packed model calls made by the worker.",
-              "# TYPE mlx_embed_batches_total counter", f"mlx_embed_batches_total {worker.batches}",
-              "# HELP mlx_embed_queue_depth Requests waiting for the worker.",
-              "# TYPE mlx_embed_queue_depth gauge", f"mlx_embed_queue_depth {worker.queue.qsize()}"]
-    for name, help_text, histogram in (
-            ("mlx_embed_batch_requests", "Requests packed into one model call.", worker.batch_requests),
-            ("mlx_embed_batch_inputs", "Inputs packed into one model call.", worker.batch_inputs),
-            ("mlx_embed_batch_tokens", "Tokens packed into one model call.", worker.batch_tokens_used),
-            ("mlx_embed_request_duration_seconds", "Embedding request latency, arrival to answer.",
-             metrics.latency)):
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram", *histogram.lines(name)]
-    return "\n".join(lines) + "\n"

@@ -4,7 +4,6 @@ Handlers check and tokenize each request (so `usage.prompt_tokens` is real and o
 queues), then hand the ids to the one BatchWorker.
 """
 
-import asyncio
 import base64
 import json
 from typing import Any, Literal, Optional
@@ -17,11 +16,15 @@ from starlette.concurrency import run_in_threadpool
 
 from ..embedder import Embedder
 from .errors import ApiError
-from .worker import BatchWorker, Job, QueueFull
+from . import jobs
+from .worker import BatchWorker
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 EMBEDDING_PATHS = ("/v1/embeddings", "/embeddings")
 INLINE_CHARS = 20_000  # requests with more characters than this are tokenized in a worker thread
+# LangChain's OpenAIEmbeddings (check_embedding_ctx_length=True by default) sends tiktoken ids, not Qwen ids
+FOREIGN_IDS_FIX = ("token ids from another tokenizer (LangChain's OpenAIEmbeddings sends tiktoken ids by default) "
+                   "give wrong vectors: send text instead (OpenAIEmbeddings(..., check_embedding_ctx_length=False))")
 
 
 class EmbeddingRequest(BaseModel):
@@ -48,18 +51,9 @@ def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *
             sequences = await run_in_threadpool(_tokenize, embedder, body, max_inputs)
         else:
             sequences = _tokenize(embedder, body, max_inputs)
-        try:
-            future = worker.submit(Job(sequences, dim))
-        except QueueFull as e:
-            raise ApiError(f"server busy: {e}; retry shortly", code="queue_full", status=429,
-                           kind="rate_limit_error") from None
-        try:
-            vectors = await asyncio.wrap_future(future)
-        except Exception as e:  # the model's fault, not the client's
-            raise ApiError(f"embedding failed: {e}", code="internal_error", status=500, kind="server_error") from e
+        vectors = await jobs.run(worker, sequences, dim)
         tokens = sum(len(s) for s in sequences)
-        metrics.inputs += len(sequences)
-        metrics.prompt_tokens += tokens
+        metrics.embedded(len(sequences), tokens)
         return Response(_encode(vectors, body.encoding_format, model_id, tokens), media_type="application/json")
 
     for path in EMBEDDING_PATHS:
@@ -149,12 +143,27 @@ def _finish_ids(embedder: Embedder, body: EmbeddingRequest, sequences: list[list
             raise ApiError(f"input[{i}] is an empty token list", "input", "empty_input")
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
-            raise ApiError(f"input[{i}] holds {bad}, not a token id in 0..{vocab - 1}", "input", "invalid_value")
+            raise ApiError(f"input[{i}] holds {bad}, not a token id in 0..{vocab - 1}; {FOREIGN_IDS_FIX}", "input",
+                           "invalid_value")
         try:
             finished.append(embedder.tokenizer.finish(ids, embedder.max_length, body.truncate, i))
         except ValueError as e:
             raise _too_long(e) from None
+    foreign = _foreign(embedder, [ids[:-1] for ids in finished])
+    if foreign is not None:
+        raise ApiError(f"input[{foreign}] is not this model's token ids: decoded and encoded again it gives other "
+                       f"ids; {FOREIGN_IDS_FIX}", "input", "foreign_token_ids")
     return finished
+
+
+def _foreign(embedder: Embedder, sequences: list[list[int]]):
+    """The index of the first id list that is not a Qwen tokenization, else None.
+
+    A text's Qwen ids come back unchanged through decode -> encode; another tokenizer's ids read as Qwen ids
+    decode to a string that Qwen's BPE splits differently (cl100k ids mostly do; a one-token input may pass).
+    """
+    again = embedder.tokenizer.encode([embedder.tokenizer.decode(ids) for ids in sequences], 2**62)
+    return next((i for i, (ids, back) in enumerate(zip(sequences, again)) if back[:-1] != ids), None)
 
 
 def _too_long(e: ValueError) -> ApiError:

@@ -18,6 +18,7 @@ import numpy as np
 from ..device import check_batch_tokens
 from ..embedder import Embedder
 from ..pooling import normalize
+from .metrics import Metrics
 
 
 CACHE_KEEP = 256 * 2**20
@@ -29,36 +30,16 @@ class QueueFull(Exception):
 
 @dataclass
 class Job:
-    """One HTTP request's work: finished token ids (N sequences) and the Matryoshka size it asked for."""
+    """One HTTP request's work: finished token ids (N sequences), the Matryoshka size it asked for, and whether
+    its vectors are L2-normalised (TEI's normalize=false and Ollama's legacy route want them raw)."""
     sequences: list[list[int]]
     dim: int
+    normalize: bool = True
     future: Future = field(default_factory=Future)
 
     @property
     def tokens(self) -> int:
         return sum(len(s) for s in self.sequences)
-
-
-class Histogram:
-    """A Prometheus histogram: cumulative bucket counts, sum and count."""
-
-    def __init__(self, buckets: tuple[float, ...]):
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float):
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-        self.sum += value
-        self.count += 1
-
-    def lines(self, name: str) -> list[str]:
-        buckets = [f'{name}_bucket{{le="{b:g}"}} {c}' for b, c in zip(self.buckets, self.counts)]
-        return buckets + [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.sum:.6f}",
-                          f"{name}_count {self.count}"]
 
 
 class BatchWorker:
@@ -70,10 +51,11 @@ class BatchWorker:
     max_queue: requests waiting beyond this are refused with QueueFull.
     cache_keep: bytes of freed buffers MLX may keep for the next call; past that its cache is released, so memory
     stays flat (releasing it after every call costs ~10% of a small batch on CPU: fresh buffers fault their pages).
+    metrics: where packed calls are counted (the app's; a private one by default).
     """
 
     def __init__(self, embedder: Embedder, *, batch_tokens: Optional[int] = None, max_batch_requests: int = 256,
-                 max_queue: int = 1024, cache_keep: int = CACHE_KEEP):
+                 max_queue: int = 1024, cache_keep: int = CACHE_KEEP, metrics: Optional[Metrics] = None):
         for name, value in (("max_batch_requests", max_batch_requests), ("max_queue", max_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -88,9 +70,8 @@ class BatchWorker:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.batches = 0
-        self.batch_requests = Histogram((1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.batch_inputs = Histogram((1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048))
-        self.batch_tokens_used = Histogram((16, 64, 256, 1024, 4096, 16384, 65536))
+        self.metrics = metrics or Metrics()
+        self.metrics.watch_queue(self.queue.qsize)
 
     def submit(self, job: Job) -> Future:
         """Queue `job` without waiting; raises QueueFull when the queue is at max_queue."""
@@ -179,14 +160,13 @@ class BatchWorker:
         sequences = [s for job in jobs for s in job.sequences]
         raw = self.embedder.embed_ids(sequences, normalize=False, batch_tokens=self.batch_tokens)
         self.batches += 1
-        self.batch_requests.observe(len(jobs))
-        self.batch_inputs.observe(len(sequences))
-        self.batch_tokens_used.observe(sum(job.tokens for job in jobs))
+        self.metrics.batch(len(jobs), len(sequences), sum(job.tokens for job in jobs))
         start = 0
         for job in jobs:
             rows = raw[start: start + len(job.sequences), : job.dim]
             start += len(job.sequences)
-            vectors = np.array(normalize(mx.array(rows)))  # the library's rule: a zero row stays zero
+            # the library's rule: a zero row stays zero
+            vectors = np.array(normalize(mx.array(rows))) if job.normalize else np.array(rows)
             if not np.isfinite(vectors).all():
                 job.future.set_exception(FloatingPointError(
                     f"{self.embedder.name} produced non-finite vectors: load it with dtype='float32'"))

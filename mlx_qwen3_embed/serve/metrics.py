@@ -1,0 +1,62 @@
+"""The server's Prometheus metrics, one prometheus_client registry per app (two apps in a process never mix).
+
+Names and meanings: requests by path and status, inputs and tokens embedded, inputs a dialect truncated by its
+own default (Ollama cuts silently; we count it), the worker's packed calls and queue, latency histograms.
+"""
+
+from typing import Callable, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """The app's counters and histograms; `exposition()` is the /metrics text."""
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("mlx_embed_requests", "HTTP requests by path and status code.", ("path", "code"),
+                                registry=r)
+        self.inputs = Counter("mlx_embed_inputs", "Inputs (texts or token lists) embedded.", registry=r)
+        self.prompt_tokens = Counter("mlx_embed_prompt_tokens", "Tokens embedded (usage.prompt_tokens summed).",
+                                     registry=r)
+        self.truncated = Counter("mlx_embed_truncated_inputs", "Inputs cut to max_length because the API's "
+                                 "default truncates (Ollama's truncate=true).", ("api",), registry=r)
+        self.batches = Counter("mlx_embed_batches", "Packed model calls made by the worker.", registry=r)
+        self.queue_depth = Gauge("mlx_embed_queue_depth", "Requests waiting for the worker.", registry=r)
+        self.batch_requests = Histogram("mlx_embed_batch_requests", "Requests packed into one model call.",
+                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.batch_inputs = Histogram("mlx_embed_batch_inputs", "Inputs packed into one model call.",
+                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), registry=r)
+        self.batch_tokens = Histogram("mlx_embed_batch_tokens", "Tokens packed into one model call.",
+                                      buckets=(16, 64, 256, 1024, 4096, 16384, 65536), registry=r)
+        self.latency = Histogram("mlx_embed_request_duration_seconds", "Embedding request latency, arrival to "
+                                 "answer.", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                                 registry=r)
+
+    def count(self, path: str, status: int):
+        self.requests.labels(path, str(status)).inc()
+
+    def embedded(self, inputs: int, tokens: int):
+        """A request's answer went out: `inputs` vectors from `tokens` tokens."""
+        self.inputs.inc(inputs)
+        self.prompt_tokens.inc(tokens)
+
+    def batch(self, requests: int, inputs: int, tokens: int):
+        """The worker ran one packed call."""
+        self.batches.inc()
+        self.batch_requests.observe(requests)
+        self.batch_inputs.observe(inputs)
+        self.batch_tokens.observe(tokens)
+
+    def watch_queue(self, depth: Callable[[], int]):
+        self.queue_depth.set_function(depth)
+
+    def value(self, name: str, labels: Optional[dict] = None) -> float:
+        """One sample's current value (0 when never set), e.g. value("mlx_embed_batch_requests_sum")."""
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

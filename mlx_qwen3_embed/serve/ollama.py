@@ -1,0 +1,107 @@
+"""The Ollama dialect: `POST /api/embed`, the legacy `POST /api/embeddings`, `GET /api/tags`, `GET /api/version`
+and `POST /api/show`, so an app written for Ollama switches by changing its base URL.
+
+As Ollama does, /api/embed truncates over-long input by default (truncate=true) and answers unit vectors; every
+input it cuts is counted in /metrics (mlx_embed_truncated_inputs_total{api="ollama"}), so the cut is not silent.
+"""
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Optional, Union
+
+from fastapi import FastAPI
+from pydantic import BaseModel, StrictBool, StrictInt, StrictStr
+
+from ..embedder import Embedder
+from . import jobs
+from .errors import ApiError
+from .worker import BatchWorker
+
+EMBED_PATHS = ("/api/embed", "/api/embeddings")
+PATHS = EMBED_PATHS + ("/api/tags", "/api/version", "/api/show")
+# the Ollama API level these routes follow; clients compare it to decide which routes exist (/api/embed: 0.3.0+)
+OLLAMA_VERSION = "0.12.0"
+
+
+class EmbedRequest(BaseModel):
+    """Ollama's /api/embed body; keep_alive and options mean nothing here (the model stays loaded) but are accepted."""
+    model: Optional[StrictStr] = None
+    input: Union[StrictStr, list[StrictStr]] = ""
+    truncate: StrictBool = True
+    dimensions: Optional[StrictInt] = None
+    keep_alive: Any = None
+    options: Optional[dict] = None
+
+
+class EmbeddingsRequest(BaseModel):
+    """The legacy /api/embeddings body: one `prompt`."""
+    model: Optional[StrictStr] = None
+    prompt: StrictStr = ""
+    keep_alive: Any = None
+    options: Optional[dict] = None
+
+
+class ShowRequest(BaseModel):
+    model: Optional[StrictStr] = None
+    name: Optional[StrictStr] = None  # older clients send `name`
+
+
+def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *, model_id: str, max_inputs: int,
+               started: int):
+    """Register the Ollama routes on `app`."""
+
+    async def embed_texts(texts: list[str], truncate: bool, dim: int, normalize: bool):
+        if len(texts) > max_inputs:
+            raise ApiError(f"input has {len(texts)} items, more than the limit of {max_inputs}: split the request")
+        sequences, cut = jobs.tokenize(embedder, texts, truncate=truncate)
+        vectors = await jobs.run(worker, sequences, dim, normalize) if sequences else []
+        tokens = sum(len(s) for s in sequences)
+        metrics.embedded(len(sequences), tokens)
+        metrics.truncated.labels("ollama").inc(cut)
+        return vectors, tokens
+
+    @app.post("/api/embed")
+    async def embed(body: EmbedRequest):
+        start = time.perf_counter_ns()
+        dim = jobs.check_dimensions(body.dimensions, embedder.dim)
+        # Ollama skips an empty string given alone (a request that only loads the model) and answers no vectors
+        texts = [body.input] if isinstance(body.input, str) and body.input else \
+            [] if isinstance(body.input, str) else body.input
+        vectors, tokens = await embed_texts(texts, body.truncate, dim, normalize=True)
+        return {"model": body.model or model_id, "embeddings": [v.tolist() for v in vectors],
+                "total_duration": time.perf_counter_ns() - start, "load_duration": 0, "prompt_eval_count": tokens}
+
+    @app.post("/api/embeddings")
+    async def embeddings(body: EmbeddingsRequest):
+        if not body.prompt:
+            return {"embedding": []}
+        # the legacy route answers the raw pooled state, not a unit vector, as Ollama's does
+        vectors, _ = await embed_texts([body.prompt], True, embedder.dim, normalize=False)
+        return {"embedding": vectors[0].tolist()}
+
+    @app.get("/api/tags")
+    async def tags():
+        return {"models": [_describe(embedder, model_id, started)]}
+
+    @app.get("/api/version")
+    async def version():
+        return {"version": OLLAMA_VERSION}
+
+    @app.post("/api/show")
+    async def show(body: ShowRequest):
+        model = _describe(embedder, model_id, started)
+        return {"modified_at": model["modified_at"], "details": model["details"], "modelfile": "", "parameters": "",
+                "template": "", "capabilities": ["embedding"],
+                "model_info": {"general.architecture": "qwen3", "qwen3.embedding_length": embedder.dim,
+                               "qwen3.context_length": embedder.max_length,
+                               "qwen3.block_count": embedder.args.num_hidden_layers}}
+
+
+def _describe(embedder: Embedder, model_id: str, started: int) -> dict:
+    """The model as Ollama's /api/tags lists it."""
+    quantization = embedder.args.quantization or {}
+    level = f"Q{quantization['bits']}" if "bits" in quantization else str(embedder.device.dtype).split(".")[-1].upper()
+    return {"name": model_id, "model": model_id,
+            "modified_at": datetime.fromtimestamp(started, timezone.utc).isoformat(), "size": 0, "digest": "",
+            "details": {"parent_model": "", "format": "safetensors", "family": "qwen3", "families": ["qwen3"],
+                        "parameter_size": "", "quantization_level": level}}

@@ -1,0 +1,100 @@
+"""The Hugging Face TEI dialect: `POST /embed` (also `POST /`, where huggingface_hub's
+`InferenceClient(model=<url>).feature_extraction()` posts), `POST /tokenize` and `GET /info`.
+
+TEI's rules, kept: truncate defaults to false and an over-long input is a 413 Validation error; normalize defaults
+to true; errors are {"error", "error_type"} (serve/errors.py renders them).
+"""
+
+from typing import Literal, Optional, Union
+
+from fastapi import FastAPI
+from pydantic import BaseModel, StrictBool, StrictInt, StrictStr
+
+from .. import __version__
+from ..embedder import Embedder
+from . import jobs
+from .errors import ApiError
+from .worker import BatchWorker
+
+EMBED_PATHS = ("/", "/embed")
+PATHS = EMBED_PATHS + ("/tokenize", "/info")
+
+
+class EmbedRequest(BaseModel):
+    """TEI's /embed body."""
+    inputs: Union[StrictStr, list[StrictStr]]
+    normalize: StrictBool = True
+    truncate: StrictBool = False
+    truncation_direction: Literal["Right", "Left", "right", "left"] = "Right"
+    prompt_name: Optional[StrictStr] = None
+    dimensions: Optional[StrictInt] = None
+
+
+class TokenizeRequest(BaseModel):
+    inputs: Union[StrictStr, list[StrictStr]]
+    add_special_tokens: StrictBool = True
+    prompt_name: Optional[StrictStr] = None
+
+
+def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *, model_id: str, max_inputs: int):
+    """Register the TEI routes on `app`."""
+
+    async def embed(body: EmbedRequest) -> list[list[float]]:
+        texts = _texts(body.inputs, max_inputs)
+        dim = _dimensions(body.dimensions, embedder.dim)
+        try:
+            sequences, _ = jobs.tokenize(embedder, texts, prompt_name=body.prompt_name, truncate=body.truncate,
+                                         direction=body.truncation_direction.lower())
+        except ApiError as e:
+            raise ApiError(f"Input validation error: {e.message}", e.param, e.code, status=413) from None
+        vectors = await jobs.run(worker, sequences, dim, body.normalize)
+        metrics.embedded(len(sequences), sum(len(s) for s in sequences))
+        return vectors.tolist()
+
+    for path in EMBED_PATHS:
+        app.post(path)(embed)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        texts = _texts(body.inputs, max_inputs)
+        if body.prompt_name is not None and body.prompt_name not in embedder.prompts:
+            raise ApiError(f"Input validation error: unknown prompt_name {body.prompt_name!r}: this model has "
+                           f"{', '.join(sorted(embedder.prompts))}", code="invalid_value", status=413)
+        prefix = embedder.prompts[body.prompt_name] if body.prompt_name else ""
+        tokenizer = embedder.tokenizer
+        answer = []
+        for text in texts:
+            text = prefix + text
+            tokens = [{"id": i, "text": text[start:stop], "special": False, "start": start, "stop": stop}
+                      for i, start, stop in tokenizer.pieces(text)]
+            if body.add_special_tokens:  # the model reads every input with one final <|endoftext|>
+                tokens.append({"id": tokenizer.eos_id, "text": tokenizer.decode([tokenizer.eos_id]), "special": True,
+                               "start": None, "stop": None})
+            answer.append(tokens)
+        return answer
+
+    @app.get("/info")
+    async def info():
+        return {"model_id": model_id, "model_sha": None, "model_dtype": str(embedder.device.dtype).split(".")[-1],
+                "model_type": {"embedding": {"pooling": embedder.pooling}},
+                "max_concurrent_requests": worker.queue.maxsize, "max_input_length": embedder.max_length,
+                "max_batch_tokens": worker.batch_tokens, "max_batch_requests": worker.max_batch_requests,
+                "max_client_batch_size": max_inputs, "auto_truncate": False, "tokenization_workers": 1,
+                "version": __version__}
+
+
+def _texts(inputs: Union[str, list[str]], max_inputs: int) -> list[str]:
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not texts:
+        raise ApiError("`inputs` cannot be empty", "inputs", "empty_input")
+    if len(texts) > max_inputs:
+        raise ApiError(f"batch size {len(texts)} > maximum allowed batch size {max_inputs}", "inputs",
+                       "too_many_inputs", status=413)
+    return texts
+
+
+def _dimensions(dimensions: Optional[int], full: int) -> int:
+    try:
+        return jobs.check_dimensions(dimensions, full)
+    except ApiError as e:
+        raise ApiError(f"Input validation error: {e.message}", e.param, e.code, status=413) from None
