@@ -198,3 +198,37 @@ def mlx_model(hub_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def texts() -> list[str]:
     return list(TEXTS)
+
+
+@pytest.fixture(scope="session")
+def served(hub_model, tmp_path_factory):
+    """A real `mlx-embed serve` of the hub model on a free loopback port: its base URL (drop-in API tests)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("served") / "serve.log"
+    command = [str(Path(sys.executable).parent / "mlx-embed"), "serve", "--model", str(hub_model), "--port", str(port),
+               "--served-model-name", "tiny", "--log-level", "warning"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=5)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"mlx-embed serve did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(30)
