@@ -1,0 +1,16 @@
+"""In-process adapters for the frameworks people already use; each imports its framework, so each sits behind an
+optional extra: `pip install mlx-qwen3-embed[langchain]`, `[llama-index]`, `[chroma]`.
+
+All three embed queries with an instruction (the given one, else the checkpoint's "query" prompt) and documents
+without, as Qwen3-Embedding was trained; vectors are the library's, unchanged.
+"""
+
+from typing import Optional, Union
+
+from ..embedder import Embedder, load
+
+
+def embedder_of(model: Union[str, Embedder], **load_options) -> Embedder:
+    """An Embedder given, or one loaded from a folder or hub id with `load_options` (device, dtype, ...)."""
+    return model if isinstance(model, Embedder) else load(model, **load_options)
+
