@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Union
 import mlx.core as mx
 import numpy as np
 
+from . import encode as _encode
 from . import pooling as _pooling
 from .batching import pad_right, plan_batches
 from .config import ModelArgs
@@ -83,6 +84,17 @@ class Embedder:
     def embed_document(self, texts: Texts, **kwargs) -> np.ndarray:
         """Documents are embedded as they are (the checkpoint's "document" prompt, empty for Qwen3-Embedding)."""
         return self.embed(texts, prompt_name="document", **kwargs)
+
+    # sentence-transformers' encode API (same signature, same vectors): see encode.py
+    def encode(self, inputs, *args, **kwargs):
+        """SentenceTransformer.encode's signature and semantics; see mlx_qwen3_embed.encode.encode."""
+        return _encode.encode(self, inputs, *args, **kwargs)
+
+    def encode_query(self, inputs, *args, **kwargs):
+        return _encode.encode_query(self, inputs, *args, **kwargs)
+
+    def encode_document(self, inputs, *args, **kwargs):
+        return _encode.encode_document(self, inputs, *args, **kwargs)
 
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
