@@ -61,4 +61,4 @@ DTYPE_HELP = "float32, bfloat16 or float16 (default per device)."
 
 
 # each command lives in a module of its own; importing it registers it on `app`
-from . import bench, convert, embed, info, serve  # noqa: E402,F401
+from . import bench, convert, embed, info, serve, verify  # noqa: E402,F401
