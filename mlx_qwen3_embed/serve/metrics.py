@@ -25,6 +25,10 @@ class Metrics:
         self.truncated = Counter("mlx_embed_truncated_inputs", "Inputs cut to max_length because the API's "
                                  "default truncates (Ollama's truncate=true).", ("api",), registry=r)
         self.batches = Counter("mlx_embed_batches", "Packed model calls made by the worker.", registry=r)
+        self.cancelled = Counter("mlx_embed_cancelled_requests", "Requests dropped by the worker: their client "
+                                 "hung up.", registry=r)
+        self.dropped_inputs = Counter("mlx_embed_dropped_inputs", "Inputs of those requests that were never run.",
+                                      registry=r)
         self.queue_depth = Gauge("mlx_embed_queue_depth", "Requests waiting for the worker.", registry=r)
         self.batch_requests = Histogram("mlx_embed_batch_requests", "Requests packed into one model call.",
                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
@@ -50,6 +54,11 @@ class Metrics:
         self.batch_requests.observe(requests)
         self.batch_inputs.observe(inputs)
         self.batch_tokens.observe(tokens)
+
+    def dropped(self, inputs: int):
+        """The worker dropped a request whose client hung up, with `inputs` of its inputs never run."""
+        self.cancelled.inc()
+        self.dropped_inputs.inc(inputs)
 
     def watch_queue(self, depth: Callable[[], int]):
         self.queue_depth.set_function(depth)
