@@ -64,7 +64,8 @@ def test_wheel_holds_the_calibration_set_and_every_module(wheel):
 
 
 def test_installed_package_is_the_wheel_not_the_source(fresh, tmp_path):
-    where = subprocess.run([str(fresh / "bin" / "python"), "-c", "import mlx_qwen3_embed; print(mlx_qwen3_embed.__file__)"],
+    where = subprocess.run([str(fresh / "bin" / "python"), "-c",
+                            "import mlx_qwen3_embed; print(mlx_qwen3_embed.__file__)"],
                            check=True, capture_output=True, text=True, cwd=tmp_path, env=clean_env()).stdout
     assert where.startswith(str(fresh))
 
