@@ -1,6 +1,7 @@
 """Text -> token ids for Qwen3-Embedding: instruction prompts, exactly one <|endoftext|>, truncation."""
 
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -8,6 +9,8 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 EOS = "<|endoftext|>"
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+SURROGATE = re.compile("[\ud800-\udfff]")  # lone UTF-16 halves: JSON can carry them, UTF-8 cannot
+NFC_COMPOSE = 4  # NFC joins at most 4 code points into one (Greek: alpha + 2 breathings/accents + iota)
 
 
 def query_prompt(instruction: str) -> str:
@@ -39,13 +42,30 @@ class Tokenizer:
         self.eos_id = self._tokenizer.token_to_id(EOS)
         if self.eos_id is None:
             raise ValueError(f"{path} has no {EOS} token: not a Qwen3 tokenizer")
+        # no token covers more characters of the input than this (byte-level tokens: one char per byte), so a
+        # text of more than max_length * chars_per_token characters has more than max_length tokens
+        longest = max(len(token) for token in self._tokenizer.get_vocab(with_added_tokens=True))
+        self.chars_per_token = longest * (NFC_COMPOSE if self._tokenizer.normalizer is not None else 1)
 
     def encode(self, texts: list[str], max_length: int, truncate: bool = True) -> list[list[int]]:
         """Each text -> ids ending in one <|endoftext|>, at most `max_length` of them.
 
         Over-long texts keep their first max_length-1 tokens and the final <|endoftext|> (the pooled token);
         with truncate=False they raise ValueError naming the input's index and token count instead.
+        Tokenizing work per text is bounded: a text surely over max_length (by its characters) is refused before
+        tokenizing, and with truncation only its first 2 x max_length x chars_per_token characters are read (the
+        same tokens unless one word runs past that cut). Lone surrogates raise UnicodeError naming the input.
         """
+        bound = max_length * self.chars_per_token
+        for i, text in enumerate(texts):
+            bad = SURROGATE.search(text)
+            if bad:
+                raise UnicodeError(f"input {i} holds a lone UTF-16 surrogate U+{ord(bad.group()):04X} at character "
+                                   f"{bad.start()}: not valid Unicode; send the whole character (a split emoji?)")
+            if len(text) > bound and not truncate:
+                raise ValueError(f"input {i} has {len(text)} characters, more than {max_length} tokens (max_length) "
+                                 f"can hold: shorten it, raise max_length, or allow truncation")
+        texts = [t[: 2 * bound] for t in texts]
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         return [self.finish(e.ids, max_length, truncate, i) for i, e in enumerate(encodings)]
 

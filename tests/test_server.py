@@ -407,11 +407,15 @@ def test_cli_serve_binds_loopback_and_reads_api_key_from_env(hub_model, monkeypa
 
     from mlx_qwen3_embed.cli import app as cli
 
-    launched = {}
-    monkeypatch.setattr(uvicorn, "run", lambda application, **kw: launched.update(kw, app=application))
-    result = CliRunner().invoke(cli, ["serve", "--model", str(hub_model)], env={"MLX_EMBED_API_KEY": API_KEY})
+    from mlx_qwen3_embed.serve import listen
+
+    launched, port = {}, free_port()
+    monkeypatch.setattr(listen, "run", lambda application, sock, **kw: launched.update(
+        kw, app=application, address=sock.getsockname()))
+    result = CliRunner().invoke(cli, ["serve", "--model", str(hub_model), "--port", str(port)],
+                                env={"MLX_EMBED_API_KEY": API_KEY})
     assert result.exit_code == 0, result.output
-    assert (launched["host"], launched["port"]) == ("127.0.0.1", 8000)
+    assert launched["address"] == ("127.0.0.1", port)  # loopback unless --host says otherwise
     with fastapi_testclient.TestClient(launched["app"]) as c:
         assert post(c, {"input": "hello"}).status_code == 401
         assert c.post("/v1/embeddings", json={"input": "hello"},

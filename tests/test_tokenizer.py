@@ -50,8 +50,9 @@ def test_truncation_keeps_the_final_eos(folders, texts):
 def test_truncate_false_names_the_input_and_its_token_count(folders, texts):
     tokenizer = Tokenizer(folders[0])
     n = len(tokenizer.encode(texts[-1:], max_length=512)[0])
-    with pytest.raises(ValueError, match=f"input 1 has {n} tokens, more than max_length 8"):
-        tokenizer.encode(["short", texts[-1]], max_length=8, truncate=False)
+    assert len(texts[-1]) <= 20 * tokenizer.chars_per_token < n * tokenizer.chars_per_token  # tokenized, then refused
+    with pytest.raises(ValueError, match=f"input 1 has {n} tokens, more than max_length 20"):
+        tokenizer.encode(["short", texts[-1]], max_length=20, truncate=False)
 
 
 def test_query_prompt_has_no_space_after_query():
@@ -80,3 +81,27 @@ def test_tokenizer_without_endoftext_is_refused(tmp_path):
 def test_missing_tokenizer_json_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer.json in"):
         Tokenizer(tmp_path)
+
+
+def test_lone_surrogate_raises_unicode_error_naming_the_input(folders):
+    with pytest.raises(UnicodeError, match="input 1 holds a lone UTF-16 surrogate U\\+D800 at character 2"):
+        Tokenizer(folders[0]).encode(["fine", "ab\ud800cd"], max_length=64)
+
+
+def test_text_surely_over_max_length_is_refused_by_its_characters(folders):
+    tokenizer = Tokenizer(folders[0])
+    text = "word " * (8 * tokenizer.chars_per_token)  # more characters than 8 tokens can hold
+    with pytest.raises(ValueError, match=f"input 0 has {len(text)} characters, more than 8 tokens"):
+        tokenizer.encode([text], max_length=8, truncate=False)
+
+
+def test_truncation_reads_a_bounded_prefix_with_the_same_tokens(folders, texts):
+    """Only the first 2 x max_length x chars_per_token characters are tokenized; the kept ids equal those of the
+    whole text, as HF tokenizers' own truncation gives them."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tokenizer = Tokenizer(folders[0])
+    text = " ".join(texts) * 40
+    assert len(text) > 2 * 16 * tokenizer.chars_per_token
+    whole = HFTokenizer.from_file(str(folders[0] / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    assert tokenizer.encode([text], max_length=16) == [whole[:15] + [tokenizer.eos_id]]

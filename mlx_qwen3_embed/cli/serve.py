@@ -22,18 +22,41 @@ def serve(
     device: str | None = typer.Option(None, help=DEVICE_HELP),
     dtype: str | None = typer.Option(None, help=DTYPE_HELP),
     log_level: str = typer.Option("info", help="uvicorn's log level."),
+    # limits against careless or hostile clients (README: "A server bad clients cannot hurt")
+    max_request_bytes: int | None = typer.Option(
+        None, help="Body cap, 413 past it (default: --max-inputs x max_length x 4 bytes)."),
+    max_connections: int | None = typer.Option(None, help="Open connections beyond this are answered 503."),
+    # the defaults live in serve/ (not imported here: it would slow every command); None = that default
+    header_timeout: float | None = typer.Option(None, help="Seconds for a request's headers, 408 after [10]."),
+    body_timeout: float | None = typer.Option(None, help="Seconds for a request's whole body, 408 after [30]."),
+    keep_alive_timeout: float | None = typer.Option(None, help="Seconds an idle connection stays open [5]."),
+    shutdown_timeout: float | None = typer.Option(
+        None, help="On SIGTERM/SIGINT, seconds to answer requests in flight, then exit 0 [30]."),
+    cors_origin: list[str] = typer.Option([], help="Origin browsers may call from (repeatable; none by default)."),
+    public_metrics: bool = typer.Option(False, help="Serve /metrics without the API key."),
 ):
     """Serve OpenAI-compatible POST /v1/embeddings (+ /v1/models, /health, /metrics), batching across requests."""
-    import uvicorn
-
     from .. import load
     from ..serve import create_app
+    from ..serve.listen import bind, run
 
-    name = model or default_model()
-    embedder = load(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length)
-    application = create_app(embedder, api_key=api_key, served_model_name=served_model_name or name,
-                             batch_tokens=batch_tokens, max_batch_requests=max_batch_requests, max_queue=max_queue,
-                             max_inputs=max_inputs)
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
-    uvicorn.run(application, host=host, port=port, log_level=log_level)
+    sock = bind(host, port)  # a busy port is one error line, not a model load and then uvicorn's traceback
+    try:
+        name = model or default_model()
+        embedder = load(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length)
+        application = create_app(embedder, api_key=api_key, served_model_name=served_model_name or name,
+                                 batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
+                                 max_queue=max_queue, max_inputs=max_inputs, max_request_bytes=max_request_bytes,
+                                 cors_origins=tuple(cors_origin), public_metrics=public_metrics,
+                                 **_given(body_timeout=body_timeout))
+        if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+            typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
+        run(application, sock, max_connections=max_connections, log_level=log_level,
+            **_given(header_timeout=header_timeout, keep_alive_timeout=keep_alive_timeout,
+                     shutdown_timeout=shutdown_timeout))
+    finally:
+        sock.close()
+
+
+def _given(**options) -> dict:
+    return {k: v for k, v in options.items() if v is not None}

@@ -4,6 +4,7 @@ its routes (openai.py today).
 Every client mistake is a 4xx in the API's error shape: the SDKs retry 5xx, so a 5xx means our fault only.
 """
 
+import asyncio
 import hmac
 import time
 from contextlib import asynccontextmanager
@@ -12,16 +13,20 @@ from typing import Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.middleware.cors import CORSMiddleware
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..embedder import Embedder
 from . import openai
 from .errors import ApiError, error_response
+from .limits import RequestLimits
 from .openai import EMBEDDING_PATHS, MAX_INPUTS
 from .worker import BatchWorker, Histogram
 
 KNOWN_PATHS = EMBEDDING_PATHS + ("/v1/models", "/health", "/metrics")
+BYTES_PER_TOKEN = 4  # the default body cap allows max_inputs texts of max_length tokens at ~4 bytes a token
+BODY_TIMEOUT = 30.0  # seconds for a whole request body to arrive
 
 
 class Metrics:
@@ -39,14 +44,23 @@ class Metrics:
 
 def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_model_name: Optional[str] = None,
                batch_tokens: Optional[int] = None, max_batch_requests: int = 256, max_queue: int = 1024,
-               max_inputs: int = MAX_INPUTS) -> FastAPI:
+               max_inputs: int = MAX_INPUTS, max_request_bytes: Optional[int] = None,
+               body_timeout: float = BODY_TIMEOUT, cors_origins: tuple[str, ...] = (),
+               public_metrics: bool = False) -> FastAPI:
     """The FastAPI app serving `embedder`; its BatchWorker starts and stops with the app's lifespan.
 
-    api_key: when set, /v1/* and /embeddings need `Authorization: Bearer <api_key>` (401 otherwise).
+    api_key: when set, every path but /health (and /metrics with public_metrics) needs
+    `Authorization: Bearer <api_key>` (401 otherwise), and /health tells unauthenticated callers only its status.
     batch_tokens, max_batch_requests, max_queue: see BatchWorker. max_inputs: inputs per request.
+    max_request_bytes: body cap, 413 past it (default: max_inputs x max_length x BYTES_PER_TOKEN).
+    body_timeout: seconds for the whole body to arrive, 408 after. cors_origins: origins browsers may call from.
     """
-    if isinstance(max_inputs, bool) or not isinstance(max_inputs, int) or max_inputs < 1:
-        raise ValueError(f"max_inputs must be a positive int, got {max_inputs!r}")
+    for name, value in (("max_inputs", max_inputs), ("max_request_bytes", max_request_bytes or 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not body_timeout > 0:
+        raise ValueError(f"body_timeout must be a positive number of seconds, got {body_timeout!r}")
+    max_request_bytes = max_request_bytes or max_inputs * embedder.max_length * BYTES_PER_TOKEN
     worker = BatchWorker(embedder, batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
                          max_queue=max_queue)
     metrics = Metrics()
@@ -59,7 +73,8 @@ def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_mode
         yield
         worker.stop()
 
-    app = FastAPI(title="mlx-embed", version="0.1.0", lifespan=lifespan)
+    # redirect_slashes=False: RequestLimits serves /path/ as /path; a redirect would drop a POST's body
+    app = FastAPI(title="mlx-embed", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
     app.state.worker, app.state.metrics, app.state.embedder = worker, metrics, embedder
 
     @app.exception_handler(ApiError)
@@ -71,6 +86,11 @@ def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_mode
     async def server_error(request: Request, e: Exception):
         return error_response(request.url.path, 500, f"internal error: {type(e).__name__}: {e}", code="internal_error",
                               kind="server_error")
+
+    @app.exception_handler(UnicodeError)
+    async def unencodable_text(request: Request, e: UnicodeError):
+        # a lone UTF-16 surrogate in the JSON ("\\ud800") reaches the tokenizer as text it cannot encode
+        return error_response(request.url.path, 400, str(e), "input", "invalid_text")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
@@ -86,33 +106,45 @@ def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_mode
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
         code = {"json_invalid": "invalid_json", "missing": "missing_field"}.get(first.get("type"), "invalid_value")
+        if code == "invalid_json":  # its loc is a character offset, not a field
+            param = None
         return error_response(request.url.path, 400, f"{param or 'body'}: {first['msg']}", param, code)
 
     openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
         alive = worker.alive
-        body = {"status": "ok" if alive else "worker stopped", "model": model_id,
-                "queue": worker.queue.qsize(), "max_queue": worker.queue.maxsize}
+        body = {"status": "ok" if alive else "worker stopped"}
+        if not api_key or _key_matches(request.headers.get("authorization", ""), api_key):
+            # the model id may be a local path: only for callers holding the key
+            body |= {"model": model_id, "queue": worker.queue.qsize(), "max_queue": worker.queue.maxsize}
         return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/metrics")
     async def prometheus():
         return PlainTextResponse(_prometheus(metrics, worker), media_type="text/plain; version=0.0.4")
 
-    app.add_middleware(AuthorizeAndCount, api_key=api_key, metrics=metrics)
+    # outermost last: RequestLimits sees every request first, CORS answers preflights before the key is asked
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "HEAD"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    public = ("/health", "/metrics") if public_metrics else ("/health",)
+    app.add_middleware(AuthorizeAndCount, api_key=api_key, metrics=metrics, public=public)
+    app.add_middleware(RequestLimits, max_request_bytes=max_request_bytes, body_timeout=body_timeout,
+                       count=lambda path, status: metrics.count(path if path in KNOWN_PATHS else "other", status))
     return app
 
 
 class AuthorizeAndCount:
-    """ASGI middleware: 401 without the API key on /v1/* and /embeddings; counts answers and times embeddings.
+    """ASGI middleware: 401 without the API key on every path but `public` and CORS preflights; counts answers
+    (499: the client hung up first) and times embeddings.
 
     Plain ASGI rather than @app.middleware("http"), which costs a task and a stream copy per request.
     """
 
-    def __init__(self, app, api_key: Optional[str], metrics: Metrics):
-        self.app, self.api_key, self.metrics = app, api_key, metrics
+    def __init__(self, app, api_key: Optional[str], metrics: Metrics, public: tuple[str, ...] = ("/health",)):
+        self.app, self.api_key, self.metrics, self.public = app, api_key, metrics, public
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -127,14 +159,19 @@ class AuthorizeAndCount:
                 status = message["status"]
             await send(message)
 
+        headers = Headers(scope=scope)
+        preflight = scope["method"] == "OPTIONS" and "access-control-request-method" in headers
         try:
-            if self.api_key and (path.startswith("/v1/") or path in EMBEDDING_PATHS) and not _key_matches(
-                    Headers(scope=scope).get("authorization", ""), self.api_key):
+            if self.api_key and path not in self.public and not preflight and not _key_matches(
+                    headers.get("authorization", ""), self.api_key):
                 response = error_response(path, 401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                           code="invalid_api_key")
                 await response(scope, receive, send_and_count)
             else:
                 await self.app(scope, receive, send_and_count)
+        except asyncio.CancelledError:
+            status = 499  # nginx's "client closed request": RequestLimits cancelled it when the client left
+            raise
         finally:
             self.metrics.count(path if path in KNOWN_PATHS else "other", status)
             if path in EMBEDDING_PATHS:
@@ -159,7 +196,12 @@ def _prometheus(metrics: Metrics, worker: BatchWorker) -> str:
               "# HELP mlx_embed_batches_total Packed model calls made by the worker.",
               "# TYPE mlx_embed_batches_total counter", f"mlx_embed_batches_total {worker.batches}",
               "# HELP mlx_embed_queue_depth Requests waiting for the worker.",
-              "# TYPE mlx_embed_queue_depth gauge", f"mlx_embed_queue_depth {worker.queue.qsize()}"]
+              "# TYPE mlx_embed_queue_depth gauge", f"mlx_embed_queue_depth {worker.queue.qsize()}",
+              "# HELP mlx_embed_cancelled_requests_total Requests dropped by the worker: their client hung up.",
+              "# TYPE mlx_embed_cancelled_requests_total counter",
+              f"mlx_embed_cancelled_requests_total {worker.cancelled}",
+              "# HELP mlx_embed_dropped_inputs_total Inputs of those requests that were never run.",
+              "# TYPE mlx_embed_dropped_inputs_total counter", f"mlx_embed_dropped_inputs_total {worker.dropped_inputs}"]
     for name, help_text, histogram in (
             ("mlx_embed_batch_requests", "Requests packed into one model call.", worker.batch_requests),
             ("mlx_embed_batch_inputs", "Inputs packed into one model call.", worker.batch_inputs),

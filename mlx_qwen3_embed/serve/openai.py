@@ -133,6 +133,8 @@ def _tokenize_texts(embedder: Embedder, body: EmbeddingRequest, texts: list[str]
     try:
         return embedder.tokenize(texts, instruction=body.instruction, prompt_name=body.prompt_name,
                                  truncate=body.truncate)
+    except UnicodeError as e:  # a lone surrogate: app.py answers 400 naming the input
+        raise e from None
     except ValueError as e:  # the only ValueError left is an over-long input without truncate
         raise _too_long(e) from None
 

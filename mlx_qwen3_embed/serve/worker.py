@@ -1,11 +1,15 @@
 """The server's model worker: one thread owns the Embedder and packs queued requests into shared forward passes.
 
-Requests arrive already tokenized (the HTTP handler counts and checks their tokens), so the worker only packs:
-it takes queued requests in arrival order until their tokens fill the budget, runs them as one
-`Embedder.embed_ids` call (which sorts by length and right-pads, so a text's vector does not depend on its
-neighbours), then cuts each request's rows back out. Many small requests thus share one forward pass, as in TEI.
+Requests arrive already tokenized (the HTTP handler counts and checks their tokens), so the worker only schedules
+and packs. Each model call holds at most `batch_tokens` tokens, taken round-robin from the requests in service:
+many small requests share one forward pass (as in TEI), and a big request is cut into budget-sized chunks, so a
+small request that arrives behind it waits about one chunk, not the big request's whole time, and no request is
+starved by a stream of others. A request whose
+client hung up (its future cancelled) loses its queued and remaining chunks. `Embedder.embed_ids` sorts by length
+and right-pads, so a text's vector does not depend on its neighbours or on how its request was cut.
 """
 
+import itertools
 import queue
 import threading
 from concurrent.futures import Future, InvalidStateError
@@ -21,18 +25,41 @@ from ..pooling import normalize
 
 
 CACHE_KEEP = 256 * 2**20
+_arrivals = itertools.count()
 
 
 class QueueFull(Exception):
     """The worker's queue holds `max_queue` requests already: the server answers 429."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a job is one request, whatever it holds
 class Job:
-    """One HTTP request's work: finished token ids (N sequences) and the Matryoshka size it asked for."""
+    """One HTTP request's work: finished token ids (N sequences) and the Matryoshka size it asked for.
+
+    The future stays pending until the last chunk is done, so a client that hangs up can still cancel it.
+    """
     sequences: list[list[int]]
     dim: int
     future: Future = field(default_factory=Future)
+    next: int = 0        # sequences handed to model calls so far
+    arrival: int = field(default_factory=lambda: next(_arrivals))
+    vectors: Optional[np.ndarray] = None  # (N, dim), filled chunk by chunk
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+
+@dataclass(eq=False)
+class Chunk:
+    """Sequences [start, stop) of one job, run in one model call."""
+    job: Job
+    start: int
+    stop: int
+
+    @property
+    def sequences(self) -> list[list[int]]:
+        return self.job.sequences[self.start: self.stop]
 
     @property
     def tokens(self) -> int:
@@ -64,9 +91,9 @@ class Histogram:
 class BatchWorker:
     """Owns the Embedder; `submit` jobs from any thread, each job's future gets its (N, dim) float32 vectors.
 
-    batch_tokens: token budget of one packed call (also the padded-token budget of each forward pass inside it);
-    a single request larger than the budget still runs, alone.
-    max_batch_requests: at most this many requests per packed call (1 = no cross-request batching).
+    batch_tokens: token budget of one model call (also the padded-token budget of each forward pass inside it);
+    a big request is cut into chunks of this size; a single sequence larger than the budget still runs, alone.
+    max_batch_requests: at most this many requests per model call and in service at once (1 = no batching).
     max_queue: requests waiting beyond this are refused with QueueFull.
     cache_keep: bytes of freed buffers MLX may keep for the next call; past that its cache is released, so memory
     stays flat (releasing it after every call costs ~10% of a small batch on CPU: fresh buffers fault their pages).
@@ -84,10 +111,13 @@ class BatchWorker:
         self.batch_tokens = check_batch_tokens(batch_tokens) or embedder.device.batch_tokens
         self.max_batch_requests = max_batch_requests
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
-        self._carry: Optional[Job] = None  # taken from the queue but did not fit the last batch
+        self._active: list[Job] = []  # in service, in arrival order; only the worker thread touches it
+        self._turn = 0  # index in _active of the job that goes first in the next call (round-robin)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.batches = 0
+        self.cancelled = 0         # requests dropped because their client hung up
+        self.dropped_inputs = 0    # their inputs that were never run
         self.batch_requests = Histogram((1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.batch_inputs = Histogram((1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048))
         self.batch_tokens_used = Histogram((16, 64, 256, 1024, 4096, 16384, 65536))
@@ -111,85 +141,127 @@ class BatchWorker:
             self._thread.start()
 
     def stop(self, timeout: float = 10.0):
-        """Finish the batch in flight, then fail what is still queued so no caller waits forever."""
+        """Finish the call in flight, then fail what is still queued or part-done so no caller waits forever."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        pending = [self._carry] if self._carry else []
-        self._carry = None
+        pending, self._active = self._active, []
         while not self.queue.empty():
             pending.append(self.queue.get_nowait())
         for job in pending:
-            try:
-                job.future.set_exception(RuntimeError("the server is shutting down"))
-            except InvalidStateError:  # cancelled by a client that hung up
-                pass
+            _fail(job, RuntimeError("the server is shutting down"))
 
     def _loop(self):
         while not self._stop.is_set():
-            jobs = self._take()
-            if jobs:
-                self._run(jobs)
+            chunks = self._take()
+            if chunks:
+                self._run(chunks)
 
-    def _take(self) -> list[Job]:
-        """Requests in arrival order until the next would pass batch_tokens or max_batch_requests."""
-        first = self._carry
-        self._carry = None
-        if first is None:
+    def _admit(self):
+        """Move queued jobs into service (up to max_batch_requests), waiting briefly when there is nothing to do."""
+        while len(self._active) < self.max_batch_requests:
             try:
-                first = self.queue.get(timeout=0.1)  # wakes up to notice stop()
+                job = self.queue.get(timeout=0.1) if not self._active else self.queue.get_nowait()
             except queue.Empty:
-                return []
-        jobs, tokens = [first], first.tokens
-        while len(jobs) < self.max_batch_requests:
-            try:
-                job = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if tokens + job.tokens > self.batch_tokens:
-                self._carry = job
-                break
-            jobs.append(job)
-            tokens += job.tokens
-        return jobs
+                return
+            self._active.append(job)
 
-    def _run(self, jobs: list[Job]):
-        jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-        if not jobs:
-            return
+    def _take(self) -> list[Chunk]:
+        """One model call's chunks: jobs in turn from `_turn`, each giving its next sequences until batch_tokens.
+
+        Filling stops at the first sequence that does not fit; a job that got nothing goes first next time, so
+        nobody is skipped.
+        """
+        self._admit()
+        for job in [j for j in self._active if j.future.cancelled()]:
+            self._remove(job)
+            self.cancelled += 1
+            self.dropped_inputs += len(job.sequences) - job.next
+        if not self._active:
+            return []
+        n, first = len(self._active), self._turn % len(self._active)
+        chunks, tokens = [], 0
+        for k in range(min(n, self.max_batch_requests)):
+            i = (first + k) % n
+            job = self._active[i]
+            stop = job.next
+            while stop < len(job.sequences) and (tokens + len(job.sequences[stop]) <= self.batch_tokens
+                                                 or not tokens):  # an over-budget sequence runs alone
+                tokens += len(job.sequences[stop])
+                stop += 1
+            if stop == job.next:  # its next sequence did not fit: it goes first next call
+                self._turn = i
+                break
+            chunks.append(Chunk(job, job.next, stop))
+            job.next = stop
+            self._turn = i + 1
+            if stop < len(job.sequences):  # the budget is spent
+                break
+        return chunks
+
+    def _remove(self, job: Job):
+        i = self._active.index(job)
+        del self._active[i]
+        if i < self._turn:
+            self._turn -= 1
+
+    def _run(self, chunks: list[Chunk]):
         try:
             try:
-                self._embed(jobs)
+                self._embed(chunks)
             except Exception as e:
-                if len(jobs) == 1:
-                    jobs[0].future.set_exception(e)
+                if len(chunks) == 1:
+                    self._finish(chunks[0].job, error=e)
                     return
                 # one bad request (say, a non-finite vector) must not fail those it was packed with: retry alone
-                for job in jobs:
+                for chunk in chunks:
                     try:
-                        self._embed([job])
+                        self._embed([chunk])
                     except Exception as alone:
-                        job.future.set_exception(alone)
+                        self._finish(chunk.job, error=alone)
         finally:
             # MLX keeps freed buffers for reuse; past cache_keep release them (after failed batches too)
             if mx.get_cache_memory() > self.cache_keep:
                 mx.clear_cache()
 
-    def _embed(self, jobs: list[Job]):
-        sequences = [s for job in jobs for s in job.sequences]
+    def _embed(self, chunks: list[Chunk]):
+        sequences = [s for chunk in chunks for s in chunk.sequences]
         raw = self.embedder.embed_ids(sequences, normalize=False, batch_tokens=self.batch_tokens)
         self.batches += 1
-        self.batch_requests.observe(len(jobs))
+        self.batch_requests.observe(len(chunks))
         self.batch_inputs.observe(len(sequences))
-        self.batch_tokens_used.observe(sum(job.tokens for job in jobs))
+        self.batch_tokens_used.observe(sum(chunk.tokens for chunk in chunks))
         start = 0
-        for job in jobs:
-            rows = raw[start: start + len(job.sequences), : job.dim]
-            start += len(job.sequences)
+        for chunk in chunks:
+            job, n = chunk.job, chunk.stop - chunk.start
+            rows = raw[start: start + n, : job.dim]
+            start += n
             vectors = np.array(normalize(mx.array(rows)))  # the library's rule: a zero row stays zero
             if not np.isfinite(vectors).all():
-                job.future.set_exception(FloatingPointError(
+                self._finish(job, error=FloatingPointError(
                     f"{self.embedder.name} produced non-finite vectors: load it with dtype='float32'"))
-            else:
-                job.future.set_result(vectors)
+                continue
+            if job.vectors is None:
+                job.vectors = np.empty((len(job.sequences), job.dim), np.float32)
+            job.vectors[chunk.start: chunk.stop] = vectors
+            if chunk.stop == len(job.sequences):
+                self._finish(job)
 
+    def _finish(self, job: Job, error: Optional[Exception] = None):
+        """Answer `job` (its vectors, or `error`) and take it out of service."""
+        if job in self._active:
+            self._remove(job)
+        if error is not None:
+            _fail(job, error)
+            return
+        try:
+            job.future.set_result(job.vectors)
+        except InvalidStateError:  # its client hung up during the last chunk
+            pass
+
+
+def _fail(job: Job, error: Exception):
+    try:
+        job.future.set_exception(error)
+    except InvalidStateError:  # cancelled by a client that hung up, or answered already
+        pass
