@@ -38,16 +38,17 @@ class Reranker:
         self.max_length = self._max_length(max_length)
 
     def tokenize(self, query: str, documents: Sequence[str], *, instruction: Optional[str] = None,
-                 max_length: Optional[int] = None) -> list[list[int]]:
+                 max_length: Optional[int] = None, truncate: bool = True) -> list[list[int]]:
         """One query and N documents -> N token id lists: prefix + pair + suffix, the document cut to fit."""
         _check_str("query", query)
         return self.tokenize_pairs([(query, d) for d in _check_documents(documents)], instruction=instruction,
-                                   max_length=max_length)
+                                   max_length=max_length, truncate=truncate)
 
     def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], *, instruction: Optional[str] = None,
-                       max_length: Optional[int] = None) -> list[list[int]]:
+                       max_length: Optional[int] = None, truncate: bool = True) -> list[list[int]]:
         """(query, document) pairs -> token id lists as the card builds them: the pair's body is encoded alone,
-        its end cut to fit max_length with the prefix and suffix (so only the document shrinks), then wrapped."""
+        its end cut to fit max_length with the prefix and suffix (so only the document shrinks), then wrapped.
+        truncate=False: a pair over max_length raises ValueError instead."""
         pairs = _check_pairs(pairs)
         instruction = DEFAULT_INSTRUCTION if instruction is None else _check_str("instruction", instruction)
         limit = self._max_length(max_length)
@@ -56,6 +57,9 @@ class Reranker:
         encoded = self.tokenizer.offsets([pair_body(instruction, q, d) for q, d in pairs])
         sequences = []
         for i, ((query, _), (ids, offsets)) in enumerate(zip(pairs, encoded)):
+            if len(ids) > budget and not truncate:
+                raise ValueError(f"pair {i} has {len(ids) + fixed} tokens, more than max_length {limit}: shorten "
+                                 "the document, raise max_length, or allow truncation")
             if len(ids) > budget:
                 # tokens that start before the document (the last may run into it) must all stay
                 head_chars = len(pair_body(instruction, query))

@@ -18,13 +18,30 @@ class ApiError(Exception):
         self.message, self.param, self.code, self.status, self.kind = message, param, code, status, kind
 
 
+COHERE_PATHS = ("/v1/rerank", "/v2/rerank")  # Cohere's (and Jina's) rerank API
+TEI_RERANK_PATH = "/rerank"
+TEI_ERROR_TYPES = {401: "Unauthorized", 408: "Validation", 413: "Validation", 429: "Overloaded", 503: "Unhealthy"}
+
+
 def dialect(path: str) -> str:
     """The API dialect a request path belongs to: "openai" unless another dialect's routes own it."""
+    if path in COHERE_PATHS:
+        return "cohere"
+    if path == TEI_RERANK_PATH:
+        return "tei"
     return "openai"
 
 
 def error_response(path: str, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
                    kind: str = "invalid_request_error", headers: Optional[dict] = None) -> JSONResponse:
-    """The error body of `path`'s dialect. OpenAI: {"error": {"message", "type", "param", "code"}}."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    """The error body of `path`'s dialect. OpenAI: {"error": {"message", "type", "param", "code"}}; Cohere:
+    {"message"} (its SDK raises BadRequestError & co. by status); TEI: {"error", "error_type"}."""
+    shape = dialect(path)
+    if shape == "cohere":
+        body = {"message": message}
+    elif shape == "tei":
+        error_type = TEI_ERROR_TYPES.get(status, "Backend" if status >= 500 else "Validation")
+        body = {"error": message, "error_type": "Empty" if code == "empty_input" else error_type}
+    else:
+        body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
