@@ -55,11 +55,11 @@ def reranker_weights(config: dict, yes: int, no: int, seed: int = 1) -> dict[str
 
 
 def make_reranker_checkpoint(folder: Path, *, tied: bool = True, append_eos: bool = True, seed: int = 1,
-                             shards: int = 1) -> Path:
+                             shards: int = 1, **config_overrides) -> Path:
     """A Qwen/Qwen3-Reranker-* style folder: config, safetensors with `model.` keys (+ lm_head), tokenizer."""
     folder.mkdir(parents=True, exist_ok=True)
     vocab_size = write_reranker_tokenizer(folder, append_eos)
-    config = hub_config(vocab_size, tie_word_embeddings=tied)
+    config = hub_config(vocab_size, **{**config_overrides, "tie_word_embeddings": tied})
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     tokens = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
     w = reranker_weights(config, tokens["yes"], tokens["no"], seed)

@@ -253,7 +253,8 @@ class BatchWorker:
             vectors = rows if job.kind == "rerank" else np.array(normalize(mx.array(rows)))
             if not np.isfinite(vectors).all():
                 self._finish(job, error=FloatingPointError(
-                    f"{self.embedder.name} produced non-finite vectors: load it with dtype='float32'"))
+                    f"{(self.reranker if job.kind == 'rerank' else self.embedder).name} produced non-finite "
+                    f"{'scores' if job.kind == 'rerank' else 'vectors'}: load it with dtype='float32'"))
                 continue
             if job.vectors is None:
                 job.vectors = np.empty((len(job.sequences), job.dim), np.float32)
