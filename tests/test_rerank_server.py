@@ -170,3 +170,23 @@ def test_a_server_without_a_reranker_says_how_to_add_one(hub_model):
     with TestClient(create_app(mqe.load(str(hub_model)))) as c:
         answer = c.post("/v2/rerank", json={"model": "m", "query": "q", "documents": ["d"]})
     assert answer.status_code == 404 and "--reranker" in answer.json()["message"]
+
+
+def test_a_model_call_holds_jobs_of_one_kind(hub_model, reranker):
+    from mlx_qwen3_embed.serve.worker import BatchWorker, Job
+
+    embedder = mqe.load(str(hub_model))
+    worker = BatchWorker(embedder, reranker=reranker)
+    pairs = reranker.tokenize(QUERIES[0], DOCUMENTS[:2])
+    jobs = [Job(embedder.tokenize(["a", "b"]), embedder.dim), Job(pairs, 1, kind="rerank"),
+            Job(embedder.tokenize(["c"]), embedder.dim)]
+    for job in jobs:
+        worker.submit(job)
+    calls = []
+    while not all(job.future.done() for job in jobs):
+        chunks = worker._take()
+        calls.append({chunk.job.kind for chunk in chunks})
+        worker._run(chunks)
+    assert all(len(kinds) == 1 for kinds in calls) and {"embed", "rerank"} == set().union(*calls)
+    assert np.abs(jobs[1].future.result()[:, 0]
+                  - reranker.score_ids(pairs, raw=True)).max() <= 1e-6
