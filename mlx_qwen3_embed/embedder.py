@@ -14,7 +14,7 @@ from .config import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
 from .tokenizer import Tokenizer, apply_prompt, query_prompt, read_prompts
-from .weights import load_model, resolve
+from .weights import load_model, model_kind, resolve
 
 Texts = Union[str, Sequence[str]]
 
@@ -191,6 +191,9 @@ def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = Non
     """A local folder or hub id -> Embedder. Device choices (dtype, dequantize, batch_tokens) default per device."""
     _pooling.check(pooling)
     folder = resolve(model, revision)
+    if model_kind(folder) == "reranker":
+        raise ValueError(f"{model} holds a reranker (Qwen3-Reranker), not an embedding model: load it with "
+                         "mlx_qwen3_embed.load_reranker, or give a Qwen3-Embedding folder")
     device_plan = plan(device, dtype, dequantize, batch_tokens)
     qwen, args = load_model(folder, device_plan)
     tokenizer = Tokenizer(folder)

@@ -24,7 +24,7 @@ from .device import DTYPES, plan
 from .distill import distill, read_calibration
 from .models.qwen3 import Qwen3
 from .tokenizer import EOS, Tokenizer
-from .weights import HUB_FILES, check, read_config, read_tensors, resolve
+from .weights import HUB_FILES, check, model_kind, read_config, read_tensors, resolve, safetensors_files
 
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -123,19 +123,35 @@ def quantize(model: Qwen3, config: dict, bits: Optional[int] = None, group_size:
 
 
 class _Prefixed(nn.Module):
-    """Our Qwen3 under the attribute `model`, so its parameters flatten to mlx-lm's `model.`-prefixed keys."""
+    """Our Qwen3 under the attribute `model`, so its parameters flatten to mlx-lm's `model.`-prefixed keys;
+    with a reranker's own head beside it as `lm_head`, mlx-lm's Qwen3ForCausalLM layout."""
 
-    def __init__(self, model: Qwen3):
+    def __init__(self, model: Qwen3, lm_head: Optional[nn.Module] = None):
         super().__init__()
         self.model = model
+        if lm_head is not None:
+            self.lm_head = lm_head
 
 
-def save(model: Qwen3, config: dict, src_folder: Path, dst: str, dtype: Optional[str] = None) -> dict:
+def load_lm_head(folder: Path, config: dict) -> Optional[nn.Linear]:
+    """A reranker's untied `lm_head.weight` as a float Linear (V, D), or None when the head is tied."""
+    for f in safetensors_files(folder, ("lm_head.",)):
+        weights = mx.load(str(f))
+        if "lm_head.weight" in weights:
+            head = nn.Linear(config["hidden_size"], config["vocab_size"], bias=False)
+            head.weight = weights["lm_head.weight"].astype(DTYPES[config["torch_dtype"]])
+            return head
+    return None
+
+
+def save(model: Qwen3, config: dict, src_folder: Path, dst: str, dtype: Optional[str] = None,
+         lm_head: Optional[nn.Module] = None, reranker: bool = False) -> dict:
     """Write `model` + `config` + the tokenizer and sentence-transformers files of `src_folder` to `dst`, atomically.
 
     Builds everything in a hidden temporary folder next to `dst` and renames it at the end, so an interrupted
     run leaves nothing at `dst` (and what a killed one left beside it goes on the next run to `dst`). Refuses an
-    existing `dst` (FileExistsError). Returns `summary(dst)`.
+    existing `dst` (FileExistsError). Returns `summary(dst)`. A reranker keeps its `lm_head` (if untied) and
+    its files as they are: no sentence-transformers pooling files, no <|endoftext|> added by the tokenizer.
     """
     from mlx_lm.utils import save_config, save_model
 
@@ -148,9 +164,9 @@ def save(model: Qwen3, config: dict, src_folder: Path, dst: str, dtype: Optional
     remove_stale_partials(dst)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(dst)}{os.getpid()}-", dir=dst.parent))
     try:
-        save_model(tmp, _Prefixed(model))
+        save_model(tmp, _Prefixed(model, lm_head))
         save_config(dict(config), tmp / "config.json")
-        copy_extra_files(src_folder, tmp, config["hidden_size"])
+        copy_extra_files(src_folder, tmp, config["hidden_size"], reranker)
         refuse_existing(dst)  # another run may have finished meanwhile
         os.rename(tmp, dst)
     except BaseException:
@@ -175,7 +191,16 @@ def convert(src: str, dst: str, *, bits: Optional[int] = None, group_size: int =
     refuse_existing(Path(dst).expanduser())
     texts = read_calibration(calibration) if dwq else None
     model, config, folder = load_float(src, dtype)
+    reranker = model_kind(folder) == "reranker"
+    if reranker and dwq:
+        raise ValueError(f"{src} is a reranker: --dwq distills embedding vectors; convert it without dwq")
+    lm_head = load_lm_head(folder, config) if reranker else None
     config = quantize(model, config, bits, group_size, recipe)
+    if lm_head is not None:  # the 8B reranker's own head: quantized like any linear layer, as mlx-lm does
+        q = config["quantization"]
+        lm_head = lm_head.to_quantized(group_size=q["group_size"], bits=q["bits"], mode="affine")
+        config["tie_word_embeddings"] = False
+        mx.eval(lm_head.parameters())
     report = None
     if dwq:
         # an fp32 teacher on CPU (bf16 matmul is 30x slower there), the checkpoint's dtype on Metal; passed
@@ -183,7 +208,7 @@ def convert(src: str, dst: str, *, bits: Optional[int] = None, group_size: int =
         teacher_dtype = "float32" if plan().dtype == mx.float32 else None
         report = distill(load_float(src, teacher_dtype)[0], model, Tokenizer(folder), texts, steps=steps, lr=lr,
                          batch_tokens=batch_tokens, checkpoint=checkpoint, callback=callback)
-    result = save(model, config, folder, dst)
+    result = save(model, config, folder, dst, lm_head=lm_head, reranker=reranker)
     if report is not None:
         result["dwq"] = report
     return result
@@ -232,8 +257,10 @@ def refuse_existing(dst: Path) -> None:
         raise FileExistsError(f"{dst} already exists: choose a new destination or remove it first")
 
 
-def copy_extra_files(src: Path, dst: Path, hidden_size: int) -> None:
-    """Tokenizer and sentence-transformers files; tokenizer.json made to append <|endoftext|> if it did not."""
+def copy_extra_files(src: Path, dst: Path, hidden_size: int, reranker: bool = False) -> None:
+    """Tokenizer and sentence-transformers files; tokenizer.json made to append <|endoftext|> if it did not.
+
+    A reranker's files are copied as they are: it pools nothing, and its pairs must not end in <|endoftext|>."""
     for name in EXTRA_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
@@ -242,6 +269,8 @@ def copy_extra_files(src: Path, dst: Path, hidden_size: int) -> None:
             shutil.copytree(sub, dst / sub.name)
     if not (dst / "tokenizer.json").is_file():
         raise FileNotFoundError(f"no tokenizer.json in {src}: the converted model could not tokenize text")
+    if reranker:
+        return
     append_eos(dst / "tokenizer.json")
     if not (dst / "modules.json").is_file():
         write_sentence_transformers_files(dst, hidden_size)

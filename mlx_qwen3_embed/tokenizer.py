@@ -85,6 +85,17 @@ class Tokenizer:
         """`text` -> (id, start, stop) per token, start/stop character offsets into text (no <|endoftext|>)."""
         encoding = self._tokenizer.encode(text, add_special_tokens=False)
         return [(i, start, stop) for i, (start, stop) in zip(encoding.ids, encoding.offsets)]
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text -> its ids as they are: no special tokens added, no truncation (the reranker's parts)."""
+        return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """Each text -> (ids, character span of each id), no special tokens added, no truncation."""
+        return [(e.ids, e.offsets) for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def token_id(self, token: str) -> Optional[int]:
+        """The id of a token of the vocabulary (e.g. "yes"), or None if it is not one."""
+        return self._tokenizer.token_to_id(token)
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=False)

@@ -63,9 +63,25 @@ def read_config(folder: Path) -> ModelArgs:
 
 def read_tensors(folder: Path) -> dict[str, mx.array]:
     """All tensors of the checkpoint, keys without the `model.` prefix, lm_head dropped (embeddings need none)."""
+    tensors = {}
+    for f in safetensors_files(folder):
+        for key, value in mx.load(str(f)).items():
+            key = key.removeprefix("model.")
+            if not key.startswith("lm_head."):
+                tensors[key] = value
+    return tensors
+
+
+def safetensors_files(folder: Path, prefixes: tuple[str, ...] = ()) -> list[Path]:
+    """The checkpoint's safetensors files: those its index names (all present), else every *.safetensors.
+
+    prefixes: only the shards holding a tensor whose name (without `model.`) starts with one of them.
+    """
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted({file for key, file in weight_map.items()
+                        if not prefixes or key.removeprefix("model.").startswith(prefixes)})
         files = [folder / n for n in names]
         for f in files:
             if not f.is_file():
@@ -74,13 +90,7 @@ def read_tensors(folder: Path) -> dict[str, mx.array]:
         files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {folder}: is this a model folder?")
-    tensors = {}
-    for f in files:
-        for key, value in mx.load(str(f)).items():
-            key = key.removeprefix("model.")
-            if not key.startswith("lm_head."):
-                tensors[key] = value
-    return tensors
+    return files
 
 
 def dequantize(tensors: dict[str, mx.array], args: ModelArgs, dtype: mx.Dtype) -> dict[str, mx.array]:
@@ -138,3 +148,82 @@ def load_model(folder: Path, plan: DevicePlan) -> tuple[Qwen3, ModelArgs]:
     model.update(tree_unflatten(list(tensors.items())))
     mx.eval(model.parameters())
     return model, args
+
+
+def read_head_rows(folder: Path, args: ModelArgs, ids: list[int]) -> mx.array:
+    """Rows `ids` of the LM head, float32 (len(ids), D): `lm_head.weight` when the checkpoint has one (the 8B
+    reranker), else the tied `embed_tokens.weight` (0.6B, 4B). A quantized matrix's groups run along D, so its
+    rows dequantize on their own: the full (V, D) head is never built."""
+    wanted = ("lm_head.", "embed_tokens.")
+    tensors = {}
+    for f in safetensors_files(folder, wanted):
+        for key, value in mx.load(str(f)).items():
+            key = key.removeprefix("model.")
+            if key.startswith(wanted):
+                tensors[key] = value
+    module = "lm_head" if "lm_head.weight" in tensors else "embed_tokens"
+    if module == "embed_tokens" and not args.tie_word_embeddings:
+        raise ValueError(f"{folder} has no lm_head.weight but config.json says tie_word_embeddings false: "
+                         "not a reranker checkpoint (an embedding model?)")
+    if f"{module}.weight" not in tensors:
+        raise ValueError(f"{folder} lacks tensor {module}.weight: the checkpoint is incomplete")
+    index = mx.array(ids)
+    rows = tensors[f"{module}.weight"][index]
+    if f"{module}.scales" in tensors:
+        q = args.quantization_for(module) or {}
+        biases = tensors.get(f"{module}.biases")
+        rows = mx.dequantize(rows, tensors[f"{module}.scales"][index].astype(mx.float32),
+                             None if biases is None else biases[index].astype(mx.float32),
+                             group_size=q.get("group_size", 64), bits=q.get("bits", 4), mode=q.get("mode", "affine"))
+    rows = rows.astype(mx.float32)
+    mx.eval(rows)
+    return rows
+
+
+def tensor_names(folder: Path) -> set[str]:
+    """The checkpoint's tensor names as stored (with any `model.` prefix), from the index or the file headers."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    names = set()
+    for f in safetensors_files(folder):
+        with open(f, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            names |= set(json.loads(fh.read(size))) - {"__metadata__"}
+    return names
+
+
+def model_kind(folder: Path) -> Optional[str]:
+    """What a Qwen3 folder holds: "embedding", "reranker", or None when nothing in it tells.
+
+    Both kinds are the same decoder with the same config.json (architectures Qwen3ForCausalLM), so the rule looks
+    at what surrounds it, first match wins:
+    1. modules.json names a sentence-transformers Pooling module: "embedding" (Qwen3-Embedding ships one, and
+       `convert` writes it for every embedding model; a reranker pools nothing).
+    2. config_sentence_transformers.json says model_type CrossEncoder, or the weights hold `lm_head.weight`:
+       "reranker" (Qwen3-Embedding is saved without an LM head; the 8B reranker has its own).
+    3. The folder's name (a hub id's repository name for the hub cache) contains "rerank": "reranker"; "embed":
+       "embedding" (mlx-community/Qwen3-Reranker-0.6B-4bit has a tied head and no sentence-transformers files).
+    """
+    modules = folder / "modules.json"
+    if modules.is_file():
+        try:
+            types = [m.get("type", "") for m in json.loads(modules.read_text())]
+        except (ValueError, AttributeError):
+            types = []
+        if any(t.endswith(".Pooling") for t in types):
+            return "embedding"
+    st_config = folder / "config_sentence_transformers.json"
+    if st_config.is_file() and json.loads(st_config.read_text()).get("model_type") == "CrossEncoder":
+        return "reranker"
+    try:
+        names = tensor_names(folder)
+    except FileNotFoundError:  # not a model folder: the loader says so, naming what is missing
+        names = set()
+    if any(name.removeprefix("model.").startswith("lm_head.") for name in names):
+        return "reranker"
+    name = folder.resolve().name
+    if folder.resolve().parent.name == "snapshots":  # the hub cache: models--Qwen--Qwen3-Reranker-0.6B/snapshots/<hash>
+        name = folder.resolve().parent.parent.name
+    name = name.lower()
+    return "reranker" if "rerank" in name else "embedding" if "embed" in name else None

@@ -232,3 +232,32 @@ def served(hub_model, tmp_path_factory):
     yield url
     process.terminate()
     process.wait(30)
+
+
+# Qwen3-Reranker checkpoints (builders in rerank_checkpoints.py)
+@pytest.fixture(scope="session")
+def reranker_hub(tmp_path_factory) -> Path:
+    """Qwen/Qwen3-Reranker-0.6B layout: `model.` keys, head tied to embed_tokens, no sentence-transformers files."""
+    from rerank_checkpoints import make_reranker_checkpoint
+    return make_reranker_checkpoint(tmp_path_factory.mktemp("rerank") / "Qwen3-Reranker-tiny")
+
+
+@pytest.fixture(scope="session")
+def reranker_untied(tmp_path_factory) -> Path:
+    """Qwen/Qwen3-Reranker-8B layout: its own lm_head.weight, in two shards; a folder name that says nothing."""
+    from rerank_checkpoints import make_reranker_checkpoint
+    return make_reranker_checkpoint(tmp_path_factory.mktemp("rerank") / "model", tied=False, shards=2, seed=3)
+
+
+@pytest.fixture(scope="session")
+def reranker_mlx(reranker_hub, tmp_path_factory) -> Path:
+    """mlx-community/Qwen3-Reranker-*-4bit layout: tied embed_tokens quantized."""
+    from rerank_checkpoints import make_mlx_reranker
+    return make_mlx_reranker(reranker_hub, tmp_path_factory.mktemp("rerank") / "Qwen3-Reranker-tiny-4bit")
+
+
+@pytest.fixture(scope="session")
+def reranker_mlx_untied(reranker_untied, tmp_path_factory) -> Path:
+    """mlx-lm conversion of an untied reranker: lm_head quantized like any linear layer."""
+    from rerank_checkpoints import make_mlx_reranker
+    return make_mlx_reranker(reranker_untied, tmp_path_factory.mktemp("rerank") / "Qwen3-Reranker-8B-tiny-8bit", bits=8)

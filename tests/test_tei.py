@@ -1,6 +1,6 @@
 """The TEI dialect through huggingface_hub's real InferenceClient and plain HTTP against `mlx-embed serve`: vectors
 equal the library's, TEI's defaults (normalize=true, truncate=false), its error shape {"error", "error_type"} and
-status (413 too long or too many, 422 malformed, 400 empty)."""
+status (413 too long or too many, 400 Validation for a malformed body, 400 Empty)."""
 
 import httpx
 import numpy as np
@@ -92,9 +92,9 @@ BAD = {
     "dimensions over dim": ({"inputs": "a", "dimensions": 65}, 413, "Validation"),
     "unknown prompt_name": ({"inputs": "a", "prompt_name": "nope"}, 413, "Validation"),
     "empty list": ({"inputs": []}, 400, "Empty"),
-    "missing inputs": ({"normalize": True}, 422, "Validation"),
-    "number input": ({"inputs": 3}, 422, "Validation"),
-    "bad direction": ({"inputs": "a", "truncation_direction": "Middle"}, 422, "Validation"),
+    "missing inputs": ({"normalize": True}, 400, "Validation"),
+    "number input": ({"inputs": 3}, 400, "Validation"),
+    "bad direction": ({"inputs": "a", "truncation_direction": "Middle"}, 400, "Validation"),
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Qwen3-Embedding vectors in MLX: embed, convert, info, serve, bench.",
+app = typer.Typer(help="Qwen3-Embedding vectors in MLX: embed, rerank, convert, info, serve, bench.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 DEFAULT_MODEL = "mlx-community/Qwen3-Embedding-0.6B-4bit-DWQ"
@@ -61,4 +61,4 @@ DTYPE_HELP = "float32, bfloat16 or float16 (default per device)."
 
 
 # each command lives in a module of its own; importing it registers it on `app`
-from . import bench, convert, embed, info, serve, verify  # noqa: E402,F401
+from . import bench, convert, embed, info, rerank, serve, verify  # noqa: E402,F401

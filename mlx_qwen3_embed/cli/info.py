@@ -21,7 +21,7 @@ def info(
     from ..device import plan
     from ..embedder import _default_max_length
     from ..quantize import hub_summary, summary
-    from ..weights import has_weights, read_config, resolve
+    from ..weights import has_weights, model_kind, read_config, resolve
 
     name = model or default_model()
     folder = resolve(name, weights=False)  # a hub model's weights are not downloaded just to describe them
@@ -30,7 +30,10 @@ def info(
     quantization = args.quantization or {}
     compute = plan(device, dtype)
     facts = {
-        "model": name, "folder": str(folder), "architecture": (config.get("architectures") or ["?"])[0],
+        "model": name, "folder": str(folder),
+        # both kinds are Qwen3ForCausalLM: weights.model_kind reads the files around the decoder
+        "kind": model_kind(folder) or "unknown (a Qwen3 decoder; no file says embedding or reranker)",
+        "architecture": (config.get("architectures") or ["?"])[0],
         "model_type": config.get("model_type"), "dim": args.hidden_size, "layers": args.num_hidden_layers,
         "heads": args.num_attention_heads, "kv_heads": args.num_key_value_heads, "head_dim": args.head_dim,
         "intermediate_size": args.intermediate_size, "vocab_size": args.vocab_size,

@@ -8,7 +8,10 @@ from . import DEVICE_HELP, DTYPE_HELP, MODEL_HELP, app, default_model, friendly_
 @app.command()
 @friendly_errors
 def serve(
-    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Not loaded when only --reranker "
+                                                                              "is given."),
+    reranker: str | None = typer.Option(None, help="A Qwen3-Reranker hub id or folder: adds POST /v1/rerank, "
+                                                   "/v2/rerank (Cohere, Jina) and /rerank (TEI)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; loopback by default, so only this machine can call."),
     port: int = typer.Option(8000, help="TCP port."),
     api_key: str | None = typer.Option(None, envvar="MLX_EMBED_API_KEY",
@@ -35,16 +38,20 @@ def serve(
     cors_origin: list[str] = typer.Option([], help="Origin browsers may call from (repeatable; none by default)."),
     public_metrics: bool = typer.Option(False, help="Serve /metrics without the API key."),
 ):
-    """Serve OpenAI-compatible POST /v1/embeddings (+ /v1/models, /health, /metrics), batching across requests."""
-    from .. import load
+    """Serve OpenAI-compatible POST /v1/embeddings (+ /v1/models, /health, /metrics), batching across requests;
+    with --reranker also Cohere/Jina /v1/rerank, /v2/rerank and TEI /rerank."""
+    from .. import load, load_reranker
     from ..serve import create_app
     from ..serve.listen import bind, run
 
     sock = bind(host, port)  # a busy port is one error line, not a model load and then uvicorn's traceback
     try:
-        name = model or default_model()
-        embedder = load(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length)
-        application = create_app(embedder, api_key=api_key, served_model_name=served_model_name or name,
+        name = model or (None if reranker else default_model())
+        embedder = load(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length) if name \
+            else None
+        scorer = load_reranker(reranker, device=device, dtype=dtype, batch_tokens=batch_tokens) if reranker else None
+        application = create_app(embedder, reranker=scorer, api_key=api_key,
+                                 served_model_name=served_model_name or name or reranker,
                                  batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
                                  max_queue=max_queue, max_inputs=max_inputs, max_request_bytes=max_request_bytes,
                                  cors_origins=tuple(cors_origin), public_metrics=public_metrics,

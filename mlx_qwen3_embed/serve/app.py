@@ -1,5 +1,5 @@
 """The server app: create_app wires the batching worker, auth, error shapes and metrics; each API dialect adds
-its routes (openai.py today).
+its routes (openai.py; rerank.py when a reranker is served).
 
 Every client mistake is a 4xx in the API's error shape: the SDKs retry 5xx, so a 5xx means our fault only.
 """
@@ -18,27 +18,31 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..embedder import Embedder
-from . import ollama, openai, tei
+from ..reranker import Reranker
+from . import ollama, openai, rerank, tei
 from .errors import ApiError, error_response
 from .limits import RequestLimits
-from .openai import EMBEDDING_PATHS, MAX_INPUTS
 from .metrics import CONTENT_TYPE, Metrics
+from .openai import EMBEDDING_PATHS, MAX_INPUTS
+from .rerank import RERANK_PATHS
 from .worker import BatchWorker
 
-KNOWN_PATHS = EMBEDDING_PATHS + ("/v1/models", "/health", "/metrics") + ollama.PATHS + tei.PATHS
-# embedding routes: timed in the latency histogram
-TIMED_PATHS = EMBEDDING_PATHS + ollama.EMBED_PATHS + tei.EMBED_PATHS
+KNOWN_PATHS = EMBEDDING_PATHS + RERANK_PATHS + ("/v1/models", "/health", "/metrics") + ollama.PATHS + tei.PATHS
+# embedding and rerank routes: timed in the latency histogram
+TIMED_PATHS = EMBEDDING_PATHS + RERANK_PATHS + ollama.EMBED_PATHS + tei.EMBED_PATHS
 BYTES_PER_TOKEN = 4  # the default body cap allows max_inputs texts of max_length tokens at ~4 bytes a token
 BODY_TIMEOUT = 30.0  # seconds for a whole request body to arrive
 
 
-def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_model_name: Optional[str] = None,
+def create_app(embedder: Optional[Embedder], *, reranker: Optional[Reranker] = None,
+               api_key: Optional[str] = None, served_model_name: Optional[str] = None,
                batch_tokens: Optional[int] = None, max_batch_requests: int = 256, max_queue: int = 1024,
                max_inputs: int = MAX_INPUTS, max_request_bytes: Optional[int] = None,
                body_timeout: float = BODY_TIMEOUT, cors_origins: tuple[str, ...] = (),
                public_metrics: bool = False) -> FastAPI:
-    """The FastAPI app serving `embedder`; its BatchWorker starts and stops with the app's lifespan.
+    """The FastAPI app serving `embedder` and/or `reranker`; its BatchWorker starts and stops with the app's lifespan.
 
+    reranker: adds Cohere's /v1/rerank and /v2/rerank and TEI's /rerank (rerank.py); either model may be None.
     api_key: when set, every path but /health (and /metrics with public_metrics) needs
     `Authorization: Bearer <api_key>` (401 otherwise), and /health tells unauthenticated callers only its status.
     batch_tokens, max_batch_requests, max_queue: see BatchWorker. max_inputs: inputs per request.
@@ -50,11 +54,14 @@ def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_mode
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be a positive number of seconds, got {body_timeout!r}")
-    max_request_bytes = max_request_bytes or max_inputs * embedder.max_length * BYTES_PER_TOKEN
+    if embedder is None and reranker is None:
+        raise ValueError("give an embedder, a reranker or both to serve")
+    longest = max(m.max_length for m in (embedder, reranker) if m is not None)
+    max_request_bytes = max_request_bytes or max_inputs * longest * BYTES_PER_TOKEN
     metrics = Metrics()
     worker = BatchWorker(embedder, batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
-                         max_queue=max_queue, metrics=metrics)
-    model_id = served_model_name or embedder.name
+                         max_queue=max_queue, reranker=reranker, metrics=metrics)
+    model_id = served_model_name or (embedder or reranker).name
     started = int(time.time())
 
     @asynccontextmanager
@@ -100,9 +107,13 @@ def create_app(embedder: Embedder, *, api_key: Optional[str] = None, served_mode
             param = None
         return error_response(request.url.path, 400, f"{param or 'body'}: {first['msg']}", param, code)
 
-    openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
-    ollama.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
-    tei.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs)
+    if embedder is not None:
+        openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
+        ollama.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
+        tei.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs)
+    # served_model_name names the embedder when both are served; the reranker keeps its own name then
+    rerank_id = model_id if embedder is None or reranker is None else reranker.name
+    rerank.add_routes(app, reranker, worker, metrics, model_id=rerank_id, max_inputs=max_inputs)
 
     @app.get("/health")
     async def health(request: Request):

@@ -8,11 +8,13 @@ from typing import Optional
 
 from fastapi.responses import JSONResponse
 
+COHERE_PATHS = ("/v1/rerank", "/v2/rerank")  # Cohere's (and Jina's) rerank API
 # TEI's routes; `POST /` is where huggingface_hub's InferenceClient(model=<url>) posts
-TEI_PATHS = ("/", "/embed", "/tokenize", "/info", "/rerank")
-# TEI's error_type for each status it answers (its ErrorType -> StatusCode table, read backwards)
-TEI_ERROR_TYPES = {400: "Empty", 413: "Validation", 422: "Tokenizer", 424: "Backend", 429: "Overloaded",
-                   503: "Unhealthy"}
+TEI_RERANK_PATH = "/rerank"
+TEI_PATHS = ("/", "/embed", "/tokenize", "/info", TEI_RERANK_PATH)
+# TEI's error_type for a status (its ErrorType -> StatusCode table, read backwards; 400 is Empty or Validation)
+TEI_ERROR_TYPES = {401: "Unauthorized", 408: "Validation", 413: "Validation", 422: "Tokenizer", 424: "Backend",
+                   429: "Overloaded", 503: "Unhealthy"}
 
 
 class ApiError(Exception):
@@ -25,7 +27,9 @@ class ApiError(Exception):
 
 
 def dialect(path: str) -> str:
-    """The API dialect a request path belongs to: "ollama" (/api/*), "tei" (TEI_PATHS) or "openai"."""
+    """The API dialect a request path belongs to: "cohere", "ollama" (/api/*), "tei" (TEI_PATHS) or "openai"."""
+    if path in COHERE_PATHS:
+        return "cohere"
     if path.startswith("/api/"):
         return "ollama"
     if path in TEI_PATHS:
@@ -35,18 +39,17 @@ def dialect(path: str) -> str:
 
 def error_response(path: str, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
                    kind: str = "invalid_request_error", headers: Optional[dict] = None) -> JSONResponse:
-    """The error body of `path`'s dialect. OpenAI: {"error": {"message", "type", "param", "code"}};
-    Ollama: {"error": message}; TEI: {"error": message, "error_type": Validation|Empty|Overloaded|...}."""
-    name = dialect(path)
-    if name == "ollama":
+    """The error body of `path`'s dialect. OpenAI: {"error": {"message", "type", "param", "code"}}; Cohere:
+    {"message"} (its SDK raises BadRequestError & co. by status); Ollama: {"error": message}; TEI: {"error",
+    "error_type": Validation|Empty|Overloaded|...}."""
+    shape = dialect(path)
+    if shape == "cohere":
+        body = {"message": message}
+    elif shape == "ollama":
         body = {"error": message}
-    elif name == "tei":
-        if status == 400 and code != "empty_input":
-            # TEI answers 400 only for empty input; a malformed body is a 422 there (axum's Json extractor)
-            status, error_type = 422, "Validation"
-        else:
-            error_type = TEI_ERROR_TYPES.get(status, "Backend" if status >= 500 else "Validation")
-        body = {"error": message, "error_type": error_type}
+    elif shape == "tei":
+        error_type = TEI_ERROR_TYPES.get(status, "Backend" if status >= 500 else "Validation")
+        body = {"error": message, "error_type": "Empty" if code == "empty_input" else error_type}
     else:
         body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)

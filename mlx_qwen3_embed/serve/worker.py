@@ -1,4 +1,5 @@
-"""The server's model worker: one thread owns the Embedder and packs queued requests into shared forward passes.
+"""The server's model worker: one thread owns the Embedder (and the Reranker, if served) and packs queued requests
+into shared forward passes; one model call holds jobs of one kind.
 
 Requests arrive already tokenized (the HTTP handler counts and checks their tokens), so the worker only schedules
 and packs. Each model call holds at most `batch_tokens` tokens, taken round-robin from the requests in service:
@@ -21,6 +22,7 @@ import numpy as np
 
 from ..device import check_batch_tokens
 from ..embedder import Embedder
+from ..reranker import Reranker
 from ..pooling import normalize
 from .metrics import Metrics
 
@@ -36,7 +38,8 @@ class QueueFull(Exception):
 @dataclass(eq=False)  # identity: a job is one request, whatever it holds
 class Job:
     """One HTTP request's work: finished token ids (N sequences), the Matryoshka size it asked for, and whether
-    its vectors are L2-normalised (TEI's normalize=false and Ollama's legacy route want them raw).
+    its vectors are L2-normalised (TEI's normalize=false and Ollama's legacy route want them raw); or, with
+    kind "rerank", tokenized (query, document) pairs whose result is (N, 1) yes - no logits.
 
     The future stays pending until the last chunk is done, so a client that hangs up can still cancel it.
     """
@@ -47,6 +50,7 @@ class Job:
     next: int = 0        # sequences handed to model calls so far
     arrival: int = field(default_factory=lambda: next(_arrivals))
     vectors: Optional[np.ndarray] = None  # (N, dim), filled chunk by chunk
+    kind: str = "embed"  # or "rerank"
 
     @property
     def tokens(self) -> int:
@@ -81,16 +85,19 @@ class BatchWorker:
     metrics: where packed calls are counted (the app's; a private one by default).
     """
 
-    def __init__(self, embedder: Embedder, *, batch_tokens: Optional[int] = None, max_batch_requests: int = 256,
-                 max_queue: int = 1024, cache_keep: int = CACHE_KEEP, metrics: Optional[Metrics] = None):
+    def __init__(self, embedder: Optional[Embedder], *, batch_tokens: Optional[int] = None,
+                 max_batch_requests: int = 256, max_queue: int = 1024, cache_keep: int = CACHE_KEEP,
+                 reranker: Optional[Reranker] = None, metrics: Optional[Metrics] = None):
         for name, value in (("max_batch_requests", max_batch_requests), ("max_queue", max_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(cache_keep, bool) or not isinstance(cache_keep, int) or cache_keep < 0:
             raise ValueError(f"cache_keep must be an int >= 0, got {cache_keep!r}")
         self.cache_keep = cache_keep
-        self.embedder = embedder
-        self.batch_tokens = check_batch_tokens(batch_tokens) or embedder.device.batch_tokens
+        if embedder is None and reranker is None:
+            raise ValueError("give an embedder, a reranker or both to serve")
+        self.embedder, self.reranker = embedder, reranker
+        self.batch_tokens = check_batch_tokens(batch_tokens) or (embedder or reranker).device.batch_tokens
         self.max_batch_requests = max_batch_requests
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._active: list[Job] = []  # in service, in arrival order; only the worker thread touches it
@@ -166,6 +173,9 @@ class BatchWorker:
         for k in range(min(n, self.max_batch_requests)):
             i = (first + k) % n
             job = self._active[i]
+            if chunks and job.kind != chunks[0].job.kind:  # one model per call: it goes first next call
+                self._turn = i
+                break
             stop = job.next
             while stop < len(job.sequences) and (tokens + len(job.sequences[stop]) <= self.batch_tokens
                                                  or not tokens):  # an over-budget sequence runs alone
@@ -208,7 +218,10 @@ class BatchWorker:
 
     def _embed(self, chunks: list[Chunk]):
         sequences = [s for chunk in chunks for s in chunk.sequences]
-        raw = self.embedder.embed_ids(sequences, normalize=False, batch_tokens=self.batch_tokens)
+        if chunks[0].job.kind == "rerank":
+            raw = self.reranker.score_ids(sequences, batch_tokens=self.batch_tokens, raw=True)[:, None]
+        else:
+            raw = self.embedder.embed_ids(sequences, normalize=False, batch_tokens=self.batch_tokens)
         self.batches += 1
         self.metrics.batch(len(chunks), len(sequences), sum(chunk.tokens for chunk in chunks))
         start = 0
@@ -216,11 +229,15 @@ class BatchWorker:
             job, n = chunk.job, chunk.stop - chunk.start
             rows = raw[start: start + n, : job.dim]
             start += n
-            # the library's rule: a zero row stays zero
-            vectors = np.array(normalize(mx.array(rows))) if job.normalize else np.array(rows)
+            # the library's rule: a zero row stays zero; logits stay as they are
+            if job.kind == "rerank" or not job.normalize:
+                vectors = np.array(rows)
+            else:
+                vectors = np.array(normalize(mx.array(rows)))
             if not np.isfinite(vectors).all():
                 self._finish(job, error=FloatingPointError(
-                    f"{self.embedder.name} produced non-finite vectors: load it with dtype='float32'"))
+                    f"{(self.reranker if job.kind == 'rerank' else self.embedder).name} produced non-finite "
+                    f"{'scores' if job.kind == 'rerank' else 'vectors'}: load it with dtype='float32'"))
                 continue
             if job.vectors is None:
                 job.vectors = np.empty((len(job.sequences), job.dim), np.float32)

@@ -1,0 +1,109 @@
+"""Rerank latency and pairs/s, side by side in one process: this package against sentence-transformers' CrossEncoder
+(a Qwen3ForCausalLM folder loads there as Transformer + LogitScore(yes, no)) on the same random-weight checkpoint
+with the real Qwen3-Reranker-0.6B shape. One query against 100 passages, then Q queries against the same 100.
+Writes bench/results/rerank.md.
+
+    python bench/rerank_bench.py                 # ~10 minutes on 2 idle cores; --queries 20 for the issue's full run
+
+Speed does not depend on the weights' values, so random weights stand in for the real ones (not downloadable
+here); the vocabulary stays the tiny test tokenizer's, which makes CrossEncoder's full-vocabulary head cheap (we
+compute two rows either way). Both read the same token ids: CrossEncoder gets each pair as (prefix + instruction +
+query, document + suffix), the card's template, so token counts match within a token or two.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from mlx_qwen3_embed.blas import reexec_env  # noqa: E402  (ctypes only: MLX is not imported yet)
+
+QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, max_position_embeddings=32768)
+INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+def texts(kind: str) -> list[str]:
+    path = ROOT / "mlx_qwen3_embed" / "data" / "calibration" / "calibration.jsonl"
+    return [r["text"] for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == kind]
+
+
+def timed(fn, rounds: int) -> list[float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=5, help="queries of the many-query run (issue: 20)")
+    parser.add_argument("--passages", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "rerank.md"))
+    options = parser.parse_args()
+    env = reexec_env()
+    if env is not None:  # preload OpenBLAS like the CLI does
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+    import torch
+    from rerank_checkpoints import make_reranker_checkpoint
+    from sentence_transformers import CrossEncoder
+
+    import mlx_qwen3_embed as mqe
+    from mlx_qwen3_embed.reranker import PREFIX, SUFFIX, pair_body
+
+    torch.set_num_threads(os.cpu_count())
+    passages = (texts("document") * 2)[: options.passages]
+    queries = (texts("query") * 2)[: options.queries]
+    with tempfile.TemporaryDirectory() as workdir:
+        folder = make_reranker_checkpoint(Path(workdir) / "Qwen3-Reranker-0.6B-shape", **QWEN3_06B)
+        ours = mqe.load_reranker(str(folder))
+        peer = CrossEncoder(str(folder), device="cpu", model_kwargs={"dtype": torch.float32})
+
+        def peer_pairs(query_list):
+            return [(PREFIX + pair_body(INSTRUCTION, q), d + SUFFIX) for q in query_list for d in passages]
+
+        pairs_one = [(queries[0], d) for d in passages]
+        pairs_many = [(q, d) for q in queries for d in passages]
+        tokens_one = sum(map(len, ours.tokenize_pairs(pairs_one)))
+        tokens_many = sum(map(len, ours.tokenize_pairs(pairs_many)))
+        rows = []
+        for name, one, many in (
+                ("mlx-qwen3-embed (fp32, CPU)", lambda: ours.score(queries[0], passages),
+                 lambda: ours.score_pairs(pairs_many)),
+                ("sentence-transformers CrossEncoder (torch fp32, CPU)",
+                 lambda: peer.predict(peer_pairs(queries[:1]), batch_size=32),
+                 lambda: peer.predict(peer_pairs(queries), batch_size=32))):
+            t_one = timed(one, options.rounds)
+            t_many = timed(many, max(1, options.rounds - 2))
+            rows.append((name, statistics.median(t_one), statistics.median(t_many)))
+    n_one, n_many = len(pairs_one), len(pairs_many)
+    lines = [
+        "# Rerank: one query x 100 passages, and many queries x 100 (bench/rerank_bench.py)", "",
+        f"Random weights, Qwen3-Reranker-0.6B shape (28 layers, hidden 1024), tiny vocabulary; passages from "
+        f"mlx_qwen3_embed/data/calibration; {platform.machine()}, {os.cpu_count()} cores, MLX CPU backend with "
+        f"OpenBLAS; torch {torch.__version__}. Median of {options.rounds} rounds after a warm-up. "
+        f"1 x {options.passages}: {tokens_one} tokens; {len(queries)} x {options.passages}: {tokens_many} tokens.", "",
+        f"| system | 1 x {options.passages}: latency | pairs/s | {len(queries)} x {options.passages}: time | pairs/s |",
+        "|---|---|---|---|---|"]
+    for name, one, many in rows:
+        lines.append(f"| {name} | {one:.2f} s | {n_one / one:.1f} | {many:.1f} s | {n_many / many:.1f} |")
+    Path(options.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

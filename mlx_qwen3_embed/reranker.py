@@ -1,0 +1,196 @@
+"""Reranker: (query, document) pairs -> P("yes") of Qwen3-Reranker. The embedder's decoder and batching, read at
+each pair's last token through a two-row head."""
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from .batching import pad_right, plan_batches
+from .config import ModelArgs
+from .device import DevicePlan, check_batch_tokens, plan
+from .models.qwen3 import Qwen3
+from .tokenizer import DEFAULT_INSTRUCTION, Tokenizer
+from .weights import load_model, model_kind, read_head_rows, resolve
+
+# The model card's chat template around each pair; the suffix's empty think block is part of what it was trained on
+PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+          "provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n")
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+MAX_LENGTH = 8192  # the model card's limit for prefix + pair + suffix
+
+
+def pair_body(instruction: str, query: str, document: str = "") -> str:
+    """The user turn of the card's template; the document comes last, so truncation cuts only the document."""
+    return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+
+
+class Reranker:
+    """A loaded Qwen3-Reranker. Make one with `mlx_qwen3_embed.load_reranker`."""
+
+    def __init__(self, model: Qwen3, tokenizer: Tokenizer, args: ModelArgs, device: DevicePlan, head: mx.array, *,
+                 name: str, folder: Path, max_length: int):
+        self.model, self.tokenizer, self.args, self.device = model, tokenizer, args, device
+        self.head = head  # (2, D) float32: the LM head's "no" and "yes" rows, the only two logits the score needs
+        self.name, self.folder = name, folder
+        self.prefix_ids, self.suffix_ids = tokenizer.ids([PREFIX, SUFFIX])
+        self.max_length = self._max_length(max_length)
+
+    def tokenize(self, query: str, documents: Sequence[str], *, instruction: Optional[str] = None,
+                 max_length: Optional[int] = None, truncate: bool = True) -> list[list[int]]:
+        """One query and N documents -> N token id lists: prefix + pair + suffix, the document cut to fit."""
+        _check_str("query", query)
+        return self.tokenize_pairs([(query, d) for d in _check_documents(documents)], instruction=instruction,
+                                   max_length=max_length, truncate=truncate)
+
+    def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], *, instruction: Optional[str] = None,
+                       max_length: Optional[int] = None, truncate: bool = True) -> list[list[int]]:
+        """(query, document) pairs -> token id lists as the card builds them: the pair's body is encoded alone,
+        its end cut to fit max_length with the prefix and suffix (so only the document shrinks), then wrapped.
+        truncate=False: a pair over max_length raises ValueError instead."""
+        pairs = _check_pairs(pairs)
+        instruction = DEFAULT_INSTRUCTION if instruction is None else _check_str("instruction", instruction)
+        limit = self._max_length(max_length)
+        fixed = len(self.prefix_ids) + len(self.suffix_ids)
+        budget = limit - fixed
+        encoded = self.tokenizer.offsets([pair_body(instruction, q, d) for q, d in pairs])
+        sequences = []
+        for i, ((query, _), (ids, offsets)) in enumerate(zip(pairs, encoded)):
+            if len(ids) > budget and not truncate:
+                raise ValueError(f"pair {i} has {len(ids) + fixed} tokens, more than max_length {limit}: shorten "
+                                 "the document, raise max_length, or allow truncation")
+            if len(ids) > budget:
+                # tokens that start before the document (the last may run into it) must all stay
+                head_chars = len(pair_body(instruction, query))
+                needed = sum(1 for start, _ in offsets if start < head_chars)
+                if needed > budget:
+                    raise ValueError(f"pair {i}: the instruction and query take {needed} tokens, more than the "
+                                     f"{budget} that max_length {limit} leaves beside the template's {fixed}: "
+                                     "shorten the query or raise max_length")
+                ids = ids[:budget]
+            sequences.append(self.prefix_ids + list(ids) + self.suffix_ids)
+        return sequences
+
+    def score(self, query: str, documents: Sequence[str], *, instruction: Optional[str] = None,
+              batch_tokens: Optional[int] = None) -> np.ndarray:
+        """How well each document answers `query`: P("yes"), float32 (N,), in the documents' order."""
+        return self.score_ids(self.tokenize(query, documents, instruction=instruction), batch_tokens=batch_tokens)
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, instruction: Optional[str] = None,
+                    batch_tokens: Optional[int] = None) -> np.ndarray:
+        """(query, document) pairs, queries free to differ -> P("yes"), float32 (N,)."""
+        return self.score_ids(self.tokenize_pairs(pairs, instruction=instruction), batch_tokens=batch_tokens)
+
+    def rerank(self, query: str, documents: Sequence[str], *, instruction: Optional[str] = None,
+               top_n: Optional[int] = None, batch_tokens: Optional[int] = None) -> list[dict]:
+        """Documents ordered best first: [{"index", "score", "document"}], at most `top_n` of them."""
+        top_n = check_top_n(top_n)
+        scores = self.score(query, documents, instruction=instruction, batch_tokens=batch_tokens)
+        return [{"index": int(i), "score": float(scores[i]), "document": documents[i]}
+                for i in best_first(scores, top_n)]
+
+    def score_ids(self, sequences: list[list[int]], *, batch_tokens: Optional[int] = None,
+                  raw: bool = False) -> np.ndarray:
+        """Tokenized pairs (from `tokenize`) -> float32 (N,): P("yes"), or with `raw` the logit yes - no.
+
+        Batched like embeddings (length-sorted, token budget, right padding) and read at each pair's own last
+        token, so a score does not depend on what it was batched with.
+        """
+        check_batch_tokens(batch_tokens)
+        logits = np.empty(len(sequences), dtype=np.float32)
+        pending = None
+        for batch in plan_batches([len(s) for s in sequences], batch_tokens or self.device.batch_tokens):
+            input_ids, lengths = pad_right([sequences[i] for i in batch], self.tokenizer.eos_id)
+            with mx.stream(self.device.stream):
+                hidden = self.model.last_token(mx.array(input_ids), mx.array(lengths)).astype(mx.float32)
+                no_yes = hidden @ self.head.T  # (B, 2): two rows of the head, never the 151k-row projection
+                difference = no_yes[:, 1] - no_yes[:, 0]
+            # start this batch, then copy out the previous one while it runs
+            mx.async_eval(difference)
+            if pending is not None:
+                logits[pending[0]] = np.array(pending[1])
+            pending = (batch, difference)
+        if pending is not None:
+            logits[pending[0]] = np.array(pending[1])
+        if not np.isfinite(logits).all():
+            raise FloatingPointError(f"{self.name} produced non-finite scores (dtype {self.device.dtype}): "
+                                     "load with dtype='float32'")
+        # softmax over (no, yes) is the sigmoid of their difference
+        return logits if raw else (1 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+    def _max_length(self, max_length: Optional[int]) -> int:
+        if max_length is None:
+            return self.max_length
+        least = len(self.prefix_ids) + len(self.suffix_ids) + 1
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < least:
+            raise ValueError(f"max_length must be an int of at least {least} (the template's tokens and one more), "
+                             f"got {max_length!r}")
+        return max_length
+
+
+def check_top_n(top_n) -> Optional[int]:
+    """Raise ValueError unless top_n is None (all) or an int >= 1; return it."""
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1):
+        raise ValueError(f"top_n must be an int of at least 1, got {top_n!r}")
+    return top_n
+
+
+def best_first(scores: np.ndarray, top_n: Optional[int] = None) -> list[int]:
+    """Indices of `scores`, highest first (ties keep input order), at most top_n."""
+    order = np.argsort(-scores, kind="stable")
+    return [int(i) for i in order[:top_n]]
+
+
+def _check_str(name: str, value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    return value
+
+
+def _check_documents(documents) -> list[str]:
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
+        raise TypeError(f"documents must be a list of str, got {type(documents).__name__}")
+    if not documents:
+        raise ValueError("documents is empty: give at least one document to score")
+    for i, d in enumerate(documents):
+        if not isinstance(d, str):
+            raise TypeError(f"documents[{i}] must be a str, got {type(d).__name__}")
+    return list(documents)
+
+
+def _check_pairs(pairs) -> list[tuple[str, str]]:
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise TypeError(f"pairs must be a list of (query, document) pairs, got {type(pairs).__name__}")
+    if not pairs:
+        raise ValueError("pairs is empty: give at least one (query, document) pair to score")
+    checked = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise TypeError(f"pairs[{i}] must be a (query, document) pair, got {pair!r:.60}")
+        for part, value in zip(("query", "document"), pair):
+            if not isinstance(value, str):
+                raise TypeError(f"pairs[{i}]'s {part} must be a str, got {type(value).__name__}")
+        checked.append((pair[0], pair[1]))
+    return checked
+
+
+def load_reranker(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
+                  dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None,
+                  max_length: Optional[int] = None, revision: Optional[str] = None) -> Reranker:
+    """A local folder or hub id of Qwen3-Reranker (hub or mlx-community layout) -> Reranker. Options as `load`."""
+    folder = resolve(model, revision)
+    if model_kind(folder) == "embedding":
+        raise ValueError(f"{model} holds an embedding model (it has sentence-transformers pooling files), not a "
+                         "reranker: load it with mlx_qwen3_embed.load, or give a Qwen3-Reranker folder")
+    device_plan = plan(device, dtype, dequantize, batch_tokens)
+    qwen, args = load_model(folder, device_plan)
+    tokenizer = Tokenizer(folder)
+    ids = []
+    for token in ("no", "yes"):
+        ids.append(tokenizer.token_id(token))
+        if ids[-1] is None:
+            raise ValueError(f"{folder / 'tokenizer.json'} has no {token!r} token: not a Qwen3-Reranker tokenizer")
+    head = read_head_rows(folder, args, ids)
+    return Reranker(qwen, tokenizer, args, device_plan, head, name=str(model), folder=folder,
+                    max_length=max_length if max_length is not None else min(MAX_LENGTH, args.max_position_embeddings))
