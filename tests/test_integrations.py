@@ -140,3 +140,37 @@ def test_chroma_adapter_stores_and_finds_with_library_vectors(embedder, sample, 
     best = collection.query(query_texts=[sample[2]], n_results=1)["ids"][0]
     expected = int(np.argmax(embedder.embed_query(sample[2]) @ embedder.embed_document(sample).T))
     assert best == [str(expected)]
+
+
+# --- reranker adapters --------------------------------------------------------------------------------------------
+
+RERANK_QUERY = "What is MLX?"
+
+
+@pytest.fixture(scope="module")
+def reranker(reranker_hub):
+    return mqe.load_reranker(str(reranker_hub))
+
+
+def test_langchain_reranker_keeps_the_best_documents_with_library_scores(reranker, sample):
+    documents_module = pytest.importorskip("langchain_core.documents")
+    from mlx_qwen3_embed.integrations.langchain import MLXReranker
+
+    documents = [documents_module.Document(page_content=t, metadata={"n": i}) for i, t in enumerate(sample)]
+    kept = MLXReranker(reranker, top_n=3).compress_documents(documents, RERANK_QUERY)
+    scores = reranker.score(RERANK_QUERY, sample)
+    best = np.argsort(-scores, kind="stable")[:3]
+    assert [d.metadata["n"] for d in kept] == best.tolist()
+    np.testing.assert_allclose([d.metadata["relevance_score"] for d in kept], scores[best], atol=1e-6)
+
+
+def test_llama_index_rerank_keeps_the_best_nodes_with_library_scores(reranker, sample):
+    schema = pytest.importorskip("llama_index.core.schema")
+    from mlx_qwen3_embed.integrations.llama_index import MLXRerank
+
+    nodes = [schema.NodeWithScore(node=schema.TextNode(text=t, id_=str(i)), score=0.0) for i, t in enumerate(sample)]
+    kept = MLXRerank(reranker, top_n=2).postprocess_nodes(nodes, query_str=RERANK_QUERY)
+    scores = reranker.score(RERANK_QUERY, sample)
+    best = np.argsort(-scores, kind="stable")[:2]
+    assert [n.node.id_ for n in kept] == [str(i) for i in best]
+    np.testing.assert_allclose([n.score for n in kept], scores[best], atol=1e-6)

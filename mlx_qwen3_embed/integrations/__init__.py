@@ -1,7 +1,8 @@
 """In-process adapters for the frameworks people already use; each imports its framework, so each sits behind an
 optional extra: `pip install mlx-qwen3-embed[langchain]`, `[llama-index]`, `[chroma]`.
 
-All three embed queries with an instruction (the given one, else the checkpoint's "query" prompt) and documents
+LangChain and LlamaIndex also get the reranker (MLXReranker, MLXRerank: P("yes") scores, best first).
+All three embedding adapters embed queries with an instruction (the given one, else the checkpoint's "query" prompt) and documents
 without, as Qwen3-Embedding was trained; vectors are the library's, unchanged.
 """
 

@@ -1,10 +1,14 @@
-"""LangChain: `MLXEmbeddings`, an `Embeddings` over a local Qwen3-Embedding model (extra: `langchain`)."""
+"""LangChain: `MLXEmbeddings`, an `Embeddings` over a local Qwen3-Embedding model, and `MLXReranker`, a document
+compressor over a local Qwen3-Reranker (extra: `langchain`)."""
 
-from typing import Optional, Union
+from typing import Any, Optional, Sequence, Union
 
+from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.embeddings import Embeddings
+from pydantic import ConfigDict
 
 from ..embedder import Embedder
+from ..reranker import Reranker, load_reranker
 from . import embedder_of
 
 
@@ -22,3 +26,27 @@ class MLXEmbeddings(Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         return self.embedder.embed_query(text, self.instruction, dim=self.dim).tolist()
+
+
+class MLXReranker(BaseDocumentCompressor):
+    """`MLXReranker("Qwen/Qwen3-Reranker-0.6B", top_n=3)`: the `top_n` documents that best answer the query, best
+    first, each with metadata["relevance_score"] = P("yes") (for a ContextualCompressionRetriever)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    reranker: Reranker
+    top_n: Optional[int] = 3
+    instruction: Optional[str] = None
+
+    def __init__(self, model: Union[str, Reranker, None] = None, **kwargs: Any):
+        if model is not None:
+            kwargs["reranker"] = model if isinstance(model, Reranker) else load_reranker(model)
+        super().__init__(**kwargs)
+
+    def compress_documents(self, documents: Sequence[Document], query: str, callbacks: Any = None) -> list[Document]:
+        if not documents:
+            return []
+        ranked = self.reranker.rerank(query, [d.page_content for d in documents], instruction=self.instruction,
+                                      top_n=self.top_n)
+        return [Document(page_content=documents[r["index"]].page_content, id=documents[r["index"]].id,
+                         metadata={**documents[r["index"]].metadata, "relevance_score": r["score"]})
+                for r in ranked]
