@@ -3,7 +3,6 @@ real sockets to a loopback uvicorn) body caps, timeouts, hang-ups, lone surrogat
 port check and graceful shutdown of the `mlx-embed serve` process."""
 
 import json
-import os
 import signal
 import socket
 import subprocess

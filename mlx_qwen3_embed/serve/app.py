@@ -201,7 +201,8 @@ def _prometheus(metrics: Metrics, worker: BatchWorker) -> str:
               "# TYPE mlx_embed_cancelled_requests_total counter",
               f"mlx_embed_cancelled_requests_total {worker.cancelled}",
               "# HELP mlx_embed_dropped_inputs_total Inputs of those requests that were never run.",
-              "# TYPE mlx_embed_dropped_inputs_total counter", f"mlx_embed_dropped_inputs_total {worker.dropped_inputs}"]
+              "# TYPE mlx_embed_dropped_inputs_total counter",
+              f"mlx_embed_dropped_inputs_total {worker.dropped_inputs}"]
     for name, help_text, histogram in (
             ("mlx_embed_batch_requests", "Requests packed into one model call.", worker.batch_requests),
             ("mlx_embed_batch_inputs", "Inputs packed into one model call.", worker.batch_inputs),
