@@ -3,7 +3,6 @@ real sockets to a loopback uvicorn) body caps, timeouts, hang-ups, lone surrogat
 port check and graceful shutdown of the `mlx-embed serve` process."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -413,12 +412,12 @@ def serve_process(hub_model, *args):
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's RSS from /proc")
 def test_oversized_bodies_do_not_grow_the_server_process(hub_model):
-    """100 bodies of 8 MiB offered to a 1 MiB cap: each answered 413, and the server's RSS grows by far less
+    """30 bodies of 8 MiB offered to a 1 MiB cap: each answered 413, and the server's RSS grows by far less
     than one body."""
     with serve_process(hub_model, "--max-request-bytes", str(1 << 20)) as (process, port):
         before = rss_kib(process.pid)
         body = b'{"input": "' + b"x" * (8 << 20) + b'"}'
-        for _ in range(100):
+        for _ in range(30):
             response = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", content=body,
                                   headers={"content-type": "application/json"}, timeout=30)
             assert response.status_code == 413
@@ -457,3 +456,10 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(hub_model, long_texts):
             assert big.result().status_code == 200
         partial.close()
         assert process.wait(60) == 0
+
+
+@pytest.mark.parametrize("bad", [{"max_request_bytes": 0}, {"max_request_bytes": 1.5}, {"body_timeout": 0},
+                                 {"max_inputs": True}])
+def test_create_app_refuses_bad_limits(embedder, bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        create_app(embedder, **bad)

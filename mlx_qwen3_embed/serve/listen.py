@@ -51,7 +51,8 @@ def guarded_protocol(header_timeout: float, max_connections: Optional[int],
             super().connection_made(transport)
             self._header_timer = None
             if max_connections is not None and len(self.connections) > max_connections:
-                self._refuse(503, f"more than {max_connections} open connections: retry shortly", "too_many_connections")
+                self._refuse(503, f"more than {max_connections} open connections: retry shortly",
+                             "too_many_connections")
                 return
             self._arm()
 
