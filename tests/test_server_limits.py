@@ -346,15 +346,12 @@ def test_client_that_hangs_up_frees_the_worker(embedder, long_texts):
         conn.close()  # the client gives up after the first chunk
         while worker.cancelled < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        start = time.monotonic()
         small = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": "small", "encoding_format":
                                                                             "float"}, timeout=30)
-        waited = time.monotonic() - start
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     assert small.status_code == 200
     np.testing.assert_allclose(small.json()["data"][0]["embedding"], embedder.embed("small"), atol=ATOL)
-    assert worker.batches <= 4  # the big one's first call or two, then the small one
-    assert waited < 0.25 * len(long_texts) / 2  # far below the big request's 12 calls (3 s)
+    assert worker.batches <= 3  # the big one's call in flight (and at most one more), then the small one
     assert "mlx_embed_cancelled_requests_total 1" in metrics
     assert f"mlx_embed_dropped_inputs_total {len(long_texts) - worker.batches + 1}" in metrics
     assert 'code="499"' in metrics
