@@ -346,15 +346,12 @@ def test_client_that_hangs_up_frees_the_worker(embedder, long_texts):
         conn.close()  # the client gives up after the first chunk
         while worker.cancelled < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        start = time.monotonic()
         small = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": "small", "encoding_format":
                                                                             "float"}, timeout=30)
-        waited = time.monotonic() - start
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     assert small.status_code == 200
     np.testing.assert_allclose(small.json()["data"][0]["embedding"], embedder.embed("small"), atol=ATOL)
-    assert worker.batches <= 4  # the big one's first call or two, then the small one
-    assert waited < 0.25 * len(long_texts) / 2  # far below the big request's 12 calls (3 s)
+    assert worker.batches <= 3  # the big one's call in flight (and at most one more), then the small one
     assert "mlx_embed_cancelled_requests_total 1.0" in metrics  # prometheus_client writes counters as floats
     assert f"mlx_embed_dropped_inputs_total {float(len(long_texts) - worker.batches + 1)}" in metrics
     assert 'code="499"' in metrics
@@ -439,20 +436,21 @@ def refused_within(port: int, seconds: float) -> bool:
 def test_sigterm_answers_requests_in_flight_and_exits_0(hub_model, long_texts):
     """Two requests in flight when SIGTERM arrives: one whose body is still coming, one big one being embedded.
     Both are answered 200, new connections are refused, and the process exits 0."""
-    with serve_process(hub_model, "--shutdown-timeout", "30") as (process, port):
-        body = json.dumps({"input": long_texts * 100, "truncate": True}).encode()
+    with serve_process(hub_model, "--shutdown-timeout", "90") as (process, port):
+        body = json.dumps({"input": long_texts * 20, "truncate": True}).encode()
         partial = connect(port)
+        partial.settimeout(120)  # a loaded 2-core machine can be slow; the shutdown waits up to 90 s
         request = raw_post("/v1/embeddings", body)
         partial.sendall(request[:-100])  # headers and most of the body
         with ThreadPoolExecutor(1) as pool:
             big = pool.submit(httpx.post, f"http://127.0.0.1:{port}/v1/embeddings", content=body,
-                              headers={"content-type": "application/json"}, timeout=60)
+                              headers={"content-type": "application/json"}, timeout=120)
             time.sleep(0.5)
             process.send_signal(signal.SIGTERM)
             assert refused_within(port, 20)  # no longer accepting
             partial.sendall(request[-100:])
             status, _, answer = read_response(partial)
-            assert status == 200 and len(json.loads(answer)["data"]) == len(long_texts) * 100
+            assert status == 200 and len(json.loads(answer)["data"]) == len(long_texts) * 20
             assert big.result().status_code == 200
         partial.close()
         assert process.wait(60) == 0
