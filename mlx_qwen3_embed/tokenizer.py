@@ -63,8 +63,10 @@ class Tokenizer:
                 raise UnicodeError(f"input {i} holds a lone UTF-16 surrogate U+{ord(bad.group()):04X} at character "
                                    f"{bad.start()}: not valid Unicode; send the whole character (a split emoji?)")
             if len(text) > bound and not truncate:
-                raise ValueError(f"input {i} has {len(text)} characters, more than {max_length} tokens (max_length) "
-                                 f"can hold: shorten it, raise max_length, or allow truncation")
+                least = -(-len(text) // self.chars_per_token)
+                raise ValueError(f"input {i} has {len(text)} characters: at least {least} "
+                                 f"tokens, more than max_length {max_length}: shorten it, raise max_length, or allow "
+                                 "truncation")
         texts = [t[: 2 * bound] for t in texts]
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         return [self.finish(e.ids, max_length, truncate, i) for i, e in enumerate(encodings)]

@@ -60,15 +60,16 @@ def create_app(embedder: Optional[Embedder], *, reranker: Optional[Reranker] = N
     max_request_bytes: body cap, 413 past it (default: max_inputs x max_length x BYTES_PER_TOKEN).
     body_timeout: seconds for the whole body to arrive, 408 after. cors_origins: origins browsers may call from.
     """
-    for name, value in (("max_inputs", max_inputs), ("max_request_bytes", max_request_bytes or 1)):
+    if embedder is None and reranker is None:
+        raise ValueError("give an embedder, a reranker or both to serve")
+    if max_request_bytes is None and isinstance(max_inputs, int):
+        longest = max(m.max_length for m in (embedder, reranker) if m is not None)
+        max_request_bytes = max_inputs * longest * BYTES_PER_TOKEN
+    for name, value in (("max_inputs", max_inputs), ("max_request_bytes", max_request_bytes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be a positive number of seconds, got {body_timeout!r}")
-    if embedder is None and reranker is None:
-        raise ValueError("give an embedder, a reranker or both to serve")
-    longest = max(m.max_length for m in (embedder, reranker) if m is not None)
-    max_request_bytes = max_request_bytes or max_inputs * longest * BYTES_PER_TOKEN
     worker = BatchWorker(embedder, batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
                          max_queue=max_queue, reranker=reranker)
     metrics = Metrics()
@@ -213,7 +214,8 @@ def _prometheus(metrics: Metrics, worker: BatchWorker) -> str:
               "# TYPE mlx_embed_cancelled_requests_total counter",
               f"mlx_embed_cancelled_requests_total {worker.cancelled}",
               "# HELP mlx_embed_dropped_inputs_total Inputs of those requests that were never run.",
-              "# TYPE mlx_embed_dropped_inputs_total counter", f"mlx_embed_dropped_inputs_total {worker.dropped_inputs}"]
+              "# TYPE mlx_embed_dropped_inputs_total counter",
+              f"mlx_embed_dropped_inputs_total {worker.dropped_inputs}"]
     for name, help_text, histogram in (
             ("mlx_embed_batch_requests", "Requests packed into one model call.", worker.batch_requests),
             ("mlx_embed_batch_inputs", "Inputs packed into one model call.", worker.batch_inputs),

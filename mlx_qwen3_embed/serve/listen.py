@@ -51,7 +51,8 @@ def guarded_protocol(header_timeout: float, max_connections: Optional[int],
             super().connection_made(transport)
             self._header_timer = None
             if max_connections is not None and len(self.connections) > max_connections:
-                self._refuse(503, f"more than {max_connections} open connections: retry shortly", "too_many_connections")
+                self._refuse(503, f"more than {max_connections} open connections: retry shortly",
+                             "too_many_connections")
                 return
             self._arm()
 
@@ -78,8 +79,9 @@ def guarded_protocol(header_timeout: float, max_connections: Optional[int],
                 self._refuse(408, f"request headers did not arrive within {header_timeout:g} s", "request_timeout")
 
         def _refuse(self, status: int, message: str, code: str):
-            """Answer without h11 (no request was parsed) and close: the bytes of `error_response`'s body."""
-            body = error_response("/", status, message, code=code).body
+            """Answer without h11 (no request was parsed) and close: the bytes of `error_response`'s body
+            (no path: OpenAI's shape, since "/" is TEI's route)."""
+            body = error_response("", status, message, code=code).body
             reason = {408: b"Request Timeout", 503: b"Service Unavailable"}[status]
             self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                                  b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
