@@ -32,8 +32,9 @@ def write_reranker_tokenizer(folder: Path, append_eos: bool) -> int:
     tok.train_from_iterator(CORPUS + [PREFIX, SUFFIX] * 3 + ["yes", "no"] * 50, trainer)
     assert tok.token_to_id("yes") is not None and tok.token_to_id("no") is not None
     eos = tok.token_to_id("<|endoftext|>")
-    tok.post_processor = (processors.TemplateProcessing(single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", eos)])
-                          if append_eos else processors.ByteLevel(trim_offsets=False))
+    tok.post_processor = (
+        processors.TemplateProcessing(single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", eos)])
+        if append_eos else processors.ByteLevel(trim_offsets=False))
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
