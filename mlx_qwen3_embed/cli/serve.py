@@ -22,6 +22,7 @@ def serve(
     device: str | None = typer.Option(None, help=DEVICE_HELP),
     dtype: str | None = typer.Option(None, help=DTYPE_HELP),
     log_level: str = typer.Option("info", help="uvicorn's log level."),
+    cache_size: int = typer.Option(0, help="Keep the vectors of the last N distinct inputs (0: no cache)."),
 ):
     """Serve OpenAI-compatible POST /v1/embeddings (+ /v1/models, /health, /metrics), batching across requests."""
     import uvicorn
@@ -30,7 +31,8 @@ def serve(
     from ..serve import create_app
 
     name = model or default_model()
-    embedder = load(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length)
+    embedder = load(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length,
+                    cache_size=cache_size)
     application = create_app(embedder, api_key=api_key, served_model_name=served_model_name or name,
                              batch_tokens=batch_tokens, max_batch_requests=max_batch_requests, max_queue=max_queue,
                              max_inputs=max_inputs)

@@ -167,4 +167,9 @@ def _prometheus(metrics: Metrics, worker: BatchWorker) -> str:
             ("mlx_embed_request_duration_seconds", "Embedding request latency, arrival to answer.",
              metrics.latency)):
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram", *histogram.lines(name)]
+    cache = worker.embedder.cache  # load(..., cache_size=N): the vector cache's lookups
+    if cache is not None:
+        for kind, n, said in (("hits", cache.hits, "had"), ("misses", cache.misses, "lacked")):
+            lines += [f"# HELP mlx_embed_cache_{kind}_total Inputs whose vector the cache {said}.",
+                      f"# TYPE mlx_embed_cache_{kind}_total counter", f"mlx_embed_cache_{kind}_total {n}"]
     return "\n".join(lines) + "\n"
