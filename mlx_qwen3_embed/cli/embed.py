@@ -3,6 +3,7 @@ runs a corpus job (streamed, resumable, multi-rank under mlx.launch: see corpus.
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -142,6 +143,12 @@ def corpus_job(model, file, output, format, instruction, prompt_name, prompt, di
     embedder = load(model or default_model(), device=device, dtype=dtype, max_length=max_length, pooling=pooling)
     show = sys.stderr.isatty() if progress is None else progress
     line = ProgressLine(sys.stderr) if show else None
+
+    def stopped(signum, frame):
+        # mlx.launch stops the other ranks with SIGTERM when one fails; say what happens next, then exit 1
+        raise InterruptedError(f"stopped by SIGTERM (under mlx.launch: another rank failed, see above); finished "
+                               f"windows are kept beside {output}: run the same command again to resume")
+    signal.signal(signal.SIGTERM, stopped)
     summary = embed_corpus(embedder, file, output, text_field=text_field, id_field=id_field, precision=precision,
                            overwrite=overwrite, instruction=instruction, prompt_name=prompt_name, prompt=prompt,
                            dim=dim, normalize=normalize, truncate=truncate, batch_tokens=batch_tokens,
