@@ -8,6 +8,7 @@ same input and options continues after the last finished window; the output appe
 
 import json
 import shutil
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,15 +211,26 @@ def _group(group):
     return mx.distributed.init()
 
 
+@contextmanager
+def _ranks_alive():
+    """A collective that fails (a peer died, the network went) ends the job with what to do next."""
+    try:
+        yield
+    except RuntimeError as e:
+        raise ConnectionError(f"lost the other ranks ({e}): one stopped or failed (see its message); finished "
+                              "windows are kept beside the output: run the same command again to resume") from None
+
+
 def _broadcast(group, value: int) -> int:
     """Rank 0's value on every rank (the others contribute 0 to a sum)."""
     if group.size() == 1:
         return value
     import mlx.core as mx
 
-    total = mx.distributed.all_sum(mx.array([value if group.rank() == 0 else 0], mx.int32), group=group,
-                                   stream=mx.cpu)
-    return int(total.item())
+    with _ranks_alive():
+        total = mx.distributed.all_sum(mx.array([value if group.rank() == 0 else 0], mx.int32), group=group,
+                                       stream=mx.cpu)
+        return int(total.item())
 
 
 def _same_input_everywhere(group, scan) -> None:
@@ -227,8 +239,9 @@ def _same_input_everywhere(group, scan) -> None:
     import mlx.core as mx
 
     mine = np.frombuffer(bytes.fromhex(scan.digest), dtype=np.uint8).astype(np.int32)
-    everyone = np.array(mx.distributed.all_gather(mx.array(np.append(mine, scan.count)[None]), group=group,
-                                                  stream=mx.cpu))
+    with _ranks_alive():
+        everyone = np.array(mx.distributed.all_gather(mx.array(np.append(mine, scan.count)[None]), group=group,
+                                                      stream=mx.cpu))
     for rank, row in enumerate(everyone):
         if not np.array_equal(row, everyone[0]):
             raise ValueError(f"rank {rank}'s input differs from rank 0's ({row[-1]} vs {everyone[0][-1]} records): "
@@ -246,7 +259,8 @@ def _gather(group, vectors: np.ndarray, tokens: int, count: int) -> tuple[np.nda
     padded = np.zeros((per_rank + 1, vectors.shape[1]), np.float32)
     padded[:len(vectors)] = vectors
     padded[-1, 0] = tokens  # a spare row carries the token count: one collective per window
-    everyone = np.array(mx.distributed.all_gather(mx.array(padded), group=group, stream=mx.cpu))
+    with _ranks_alive():
+        everyone = np.array(mx.distributed.all_gather(mx.array(padded), group=group, stream=mx.cpu))
     everyone = everyone.reshape(size, per_rank + 1, -1)
     tokens = int(everyone[:, -1, 0].sum())
     # distinct text u went to rank u % size as its (u // size)-th row

@@ -96,7 +96,9 @@ def test_a_rank_that_dies_stops_the_job_with_a_message_and_it_resumes(hub_model,
     os.kill(victims[0], signal.SIGKILL)
     log, _ = job.communicate(timeout=60)
     assert "Node with rank 1 exited with code -9" in log
-    assert "error: stopped by SIGTERM" in log and "run the same command again to resume" in log, log
+    # rank 0 hears it from mlx.launch (SIGTERM) or from the ring itself, whichever comes first
+    assert "error: stopped by SIGTERM" in log or "error: lost the other ranks" in log, log
+    assert "run the same command again to resume" in log and "Traceback" not in log, log
     assert not output.exists() and any(parts.glob("*.npy"))
     done = int(sorted(parts.glob("*.npy"))[-1].stem.split("-")[1])
 
