@@ -152,7 +152,7 @@ def main():
         f"{100 * (speed['job_s'] / speed['embed_s'] - 1):+.0f}% | {speed['max_abs_diff']:.1e} |", "",
         "The job also scans the input (count, digest, validation), writes each window to disk and assembles the "
         "output; the embed call holds every text and vector in memory and writes nothing.", "",
-        "## Peak memory of a job (fresh process, peak RSS from wait4)", "",
+        "## Peak memory of a job (fresh process, the kernel's VmHWM at its end)", "",
         "| texts | input (MB) | output (MB) | peak RSS (MB) | seconds |", "|---|---|---|---|---|",
         *[f"| {m['texts']} | {m['input_mb']:.1f} | {m['output_mb']:.1f} | {m['peak_rss_mb']:.0f} | "
           f"{m['seconds']:.0f} |" for m in memory], "",
