@@ -147,7 +147,8 @@ def main():
         + f". Command: `python bench/corpus_bench.py --texts {args.texts} --memory {args.memory} "
         f"--docs {args.docs} --queries {args.queries}`.", "",
         "## Job vs one `Embedder.embed` call (tiny random model: hidden 64, 2 layers)", "",
-        "| texts | tokens | one embed call (s) | corpus job (s) | job overhead | max abs diff |", "|---|---|---|---|---|---|",
+        "| texts | tokens | one embed call (s) | corpus job (s) | job overhead | max abs diff |",
+        "|---|---|---|---|---|---|",
         f"| {speed['texts']} | {speed['tokens']} | {speed['embed_s']:.1f} | {speed['job_s']:.1f} | "
         f"{100 * (speed['job_s'] / speed['embed_s'] - 1):+.0f}% | {speed['max_abs_diff']:.1e} |", "",
         "The job also scans the input (count, digest, validation), writes each window to disk and assembles the "
