@@ -9,7 +9,9 @@ import numpy as np
 
 from . import encode as _encode
 from . import pooling as _pooling
+from . import precision as _precision
 from .batching import pad_right, plan_batches
+from .cache import VectorCache
 from .config import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
@@ -28,6 +30,7 @@ class Embedder:
         self.model, self.tokenizer, self.args, self.device = model, tokenizer, args, device
         self.name, self.folder, self.max_length, self.pooling = name, folder, max_length, pooling
         self.prompts = prompts or {}
+        self.cache: Optional[VectorCache] = None  # load(..., cache_size=N) sets one
 
     @property
     def dim(self) -> int:
@@ -45,16 +48,23 @@ class Embedder:
     def embed(self, texts: Texts, *, instruction: Optional[str] = None, prompt_name: Optional[str] = None,
               prompt: Optional[str] = None, dim: Optional[int] = None, normalize: bool = True,
               pooling: Optional[str] = None, batch_tokens: Optional[int] = None,
-              max_length: Optional[int] = None, truncate: bool = True) -> np.ndarray:
+              max_length: Optional[int] = None, truncate: bool = True, precision: str = "float32",
+              ranges: Optional[np.ndarray] = None) -> np.ndarray:
         """Texts -> float32 vectors: a str gives (dim,), a list of N str gives (N, dim).
 
         instruction: a task description for queries, sent as "Instruct: {instruction}\\nQuery:{text}".
         prompt_name / prompt: a named prompt of the checkpoint ("query", "document") or a raw prefix.
         dim: Matryoshka size (first `dim` values, then normalised). truncate=False: over-long input raises.
+        precision: float16, int8, uint8, binary or ubinary return those rows instead (sentence-transformers'
+        semantics, see precision.py); int8/uint8 bucket each dimension within `ranges` ((2, dim)), else within
+        these vectors' own ranges.
         """
+        _precision.check(precision)
         sequences = self.tokenize(texts, instruction=instruction, prompt_name=prompt_name, prompt=prompt,
                                   max_length=max_length, truncate=truncate)
         vectors = self._embed_sequences(sequences, dim, normalize, pooling, batch_tokens)
+        if precision != "float32":
+            vectors = _precision.quantize(vectors, precision, ranges)
         return vectors[0] if isinstance(texts, str) else vectors
 
     def embed_ids(self, sequences: Sequence[Sequence[int]], *, dim: Optional[int] = None, normalize: bool = True,
@@ -106,6 +116,13 @@ class Embedder:
         dim = self._check_dim(dim)
         method = _pooling.check(pooling or self.pooling)
         check_batch_tokens(batch_tokens)
+        if self.cache is not None and sequences:
+            return self.cache.embed(sequences, (dim, normalize, method),
+                                    lambda missing: self._compute(missing, dim, normalize, method, batch_tokens))
+        return self._compute(sequences, dim, normalize, method, batch_tokens)
+
+    def _compute(self, sequences: list[list[int]], dim: int, normalize: bool, method: str,
+                 batch_tokens: Optional[int]) -> np.ndarray:
         vectors = np.empty((len(sequences), dim), dtype=np.float32)
         pending = None
         for batch in plan_batches([len(s) for s in sequences], batch_tokens or self.device.batch_tokens):
@@ -187,9 +204,13 @@ def _default_max_length(folder: Path, args: ModelArgs) -> int:
 
 def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
          dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None, max_length: Optional[int] = None,
-         pooling: str = "last", revision: Optional[str] = None) -> Embedder:
-    """A local folder or hub id -> Embedder. Device choices (dtype, dequantize, batch_tokens) default per device."""
+         pooling: str = "last", revision: Optional[str] = None, cache_size: int = 0) -> Embedder:
+    """A local folder or hub id -> Embedder. Device choices (dtype, dequantize, batch_tokens) default per device.
+
+    cache_size: keep the vectors of the last N distinct inputs (exact token ids + options) and reuse them.
+    """
     _pooling.check(pooling)
+    cache = VectorCache(cache_size) if cache_size else None
     folder = resolve(model, revision)
     if model_kind(folder) == "reranker":
         raise ValueError(f"{model} holds a reranker (Qwen3-Reranker), not an embedding model: load it with "
@@ -200,4 +221,5 @@ def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = Non
     embedder = Embedder(qwen, tokenizer, args, device_plan, name=str(model), folder=folder,
                         max_length=_default_max_length(folder, args), pooling=pooling, prompts=read_prompts(folder))
     embedder.max_length = embedder._max_length(max_length)
+    embedder.cache = cache
     return embedder

@@ -1,21 +1,24 @@
-"""JSON Lines of texts, as the CLI's --file and the converter's calibration set read them."""
+"""JSON Lines of texts, as the CLI's --file, corpus jobs and the converter's calibration set read them."""
 
 import json
-from typing import Iterator
+from typing import Iterable, Iterator, Union
 
 
-def jsonl_records(content: str, name: str) -> Iterator[tuple[int, dict]]:
-    """(line number, record) for each non-blank line, each record holding a non-empty string "text".
+def jsonl_records(content: Union[str, Iterable[str]], name: str, field: str = "text") -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each non-blank line, each record holding a non-empty string `field`.
 
-    Raises ValueError naming `name` and the line when a line is not a JSON object with such a field.
+    content: the whole text, or an iterable of lines (a file streams). Raises ValueError naming `name` and the
+    line when a line is not a JSON object with such a field.
     """
-    for number, line in enumerate(content.splitlines(), 1):
+    lines = content.splitlines() if isinstance(content, str) else content
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{name} line {number} is not JSON ({e.msg}): give one JSON object per line") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"]:
-            raise ValueError(f"{name} line {number} has no non-empty string 'text' field: write {{\"text\": \"...\"}}")
+        if not isinstance(record, dict) or not isinstance(record.get(field), str) or not record[field]:
+            raise ValueError(f"{name} line {number} has no non-empty string {field!r} field: "
+                             f"write {{\"{field}\": \"...\"}}")
         yield number, record

@@ -1,8 +1,11 @@
-"""`mlx-embed embed`: texts from arguments, a file or stdin -> JSON lines or a .npy file."""
+"""`mlx-embed embed`: texts from arguments, a file or stdin -> JSON lines or a .npy file; `--file F --output O`
+runs a corpus job (streamed, resumable, multi-rank under mlx.launch: see corpus.py)."""
 
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -38,11 +41,32 @@ def embed(
     pooling: str = typer.Option("last", help="last (the model's), mean, first or max."),
     device: str | None = typer.Option(None, help=DEVICE_HELP),
     dtype: str | None = typer.Option(None, help=DTYPE_HELP),
+    text_field: str = typer.Option("text", help="Field (jsonl) or column (parquet) holding the text."),
+    id_field: str | None = typer.Option(None, help="Field or column of ids carried to the output "
+                                                   "(default: the 0-based line number)."),
+    precision: str = typer.Option("float32", help="float32, float16, int8, uint8, binary or ubinary "
+                                                  "(sentence-transformers' semantics; --file/--output jobs)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished --output."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                         help="Progress on stderr (default: when stderr is a terminal)."),
 ):
-    """Embed texts; print one JSON line per text: {"index", "embedding", "tokens"}."""
+    """Embed texts; print one JSON line per text: {"index", "embedding", "tokens"}.
+
+    With --file F (txt, jsonl or parquet) and --output O (npy, jsonl or parquet) it is a corpus job: streamed in
+    windows, written as it goes beside O, resumable by running the same command again; under `mlx.launch` the
+    ranks share the work and rank 0 writes O.
+    """
     import numpy as np
 
     from .. import load
+
+    if file not in (None, "-") and output is not None and not texts:
+        return corpus_job(model, file, output, format, instruction, prompt_name, prompt, dim, normalize, truncate,
+                          max_length, batch_tokens, pooling, device, dtype, text_field, id_field, precision,
+                          overwrite, progress)
+    if precision != "float32" or id_field is not None or text_field != "text" or overwrite:
+        raise ValueError("--precision, --id-field, --text-field and --overwrite belong to corpus jobs: "
+                         "give --file F and --output O")
 
     texts = read_texts(texts or [], file, jsonl)
     format = output_format(format, output)
@@ -105,3 +129,57 @@ def write_output(vectors, tokens: list[int], output: str, format: str) -> None:
         os.unlink(tmp)
         raise
 
+
+
+def corpus_job(model, file, output, format, instruction, prompt_name, prompt, dim, normalize, truncate, max_length,
+               batch_tokens, pooling, device, dtype, text_field, id_field, precision, overwrite, progress) -> None:
+    """`--file F --output O`: corpus.embed_corpus, with a progress line on stderr (rank 0 only)."""
+    from .. import load
+    from ..corpus import embed_corpus
+    from ..corpus_io import output_format as job_format
+
+    if format is not None and format != job_format(output):
+        raise ValueError(f"--format {format} does not match --output {output}: the suffix chooses the format")
+    embedder = load(model or default_model(), device=device, dtype=dtype, max_length=max_length, pooling=pooling)
+    show = sys.stderr.isatty() if progress is None else progress
+    line = ProgressLine(sys.stderr) if show else None
+
+    def stopped(signum, frame):
+        # mlx.launch stops the other ranks with SIGTERM when one fails; say what happens next, then exit 1
+        raise InterruptedError(f"stopped by SIGTERM (under mlx.launch: another rank failed, see above); finished "
+                               f"windows are kept beside {output}: run the same command again to resume")
+    signal.signal(signal.SIGTERM, stopped)
+    summary = embed_corpus(embedder, file, output, text_field=text_field, id_field=id_field, precision=precision,
+                           overwrite=overwrite, instruction=instruction, prompt_name=prompt_name, prompt=prompt,
+                           dim=dim, normalize=normalize, truncate=truncate, batch_tokens=batch_tokens,
+                           progress=line)
+    if line is not None:
+        line.close()
+    if summary.files:  # rank 0 wrote them
+        notes = [f"{summary.skipped} blank lines skipped"] if summary.skipped else []
+        notes += [f"{summary.resumed} done by an earlier run"] if summary.resumed else []
+        typer.echo(f"wrote {summary.count} vectors to {', '.join(map(str, summary.files))} in "
+                   f"{summary.seconds:.1f} s" + (f" ({'; '.join(notes)})" if notes else ""), err=True)
+
+
+class ProgressLine:
+    """done/total, texts/s, tokens/s, ETA on stderr: redrawn in place on a terminal, a line every 10 s otherwise
+    (a log file or a service's journal)."""
+
+    def __init__(self, stream):
+        self.stream, self.tty, self.last = stream, stream.isatty(), 0.0
+
+    def __call__(self, p) -> None:
+        now = time.monotonic()
+        if now - self.last < (0.2 if self.tty else 10) and p.done < p.total:
+            return
+        self.last = now
+        eta = time.strftime("%H:%M:%S", time.gmtime(p.eta_s)) if p.eta_s < 360000 else "?"
+        text = (f"embedding {p.done}/{p.total} ({100 * p.done / p.total:.1f}%)  {p.texts_per_s:.1f} texts/s  "
+                f"{p.tokens_per_s:.0f} tokens/s  ETA {eta}")
+        self.stream.write(("\r" + text + "\033[K") if self.tty else text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.last:
+            self.stream.write("\n")

@@ -37,6 +37,7 @@ def serve(
         None, help="On SIGTERM/SIGINT, seconds to answer requests in flight, then exit 0 [30]."),
     cors_origin: list[str] = typer.Option([], help="Origin browsers may call from (repeatable; none by default)."),
     public_metrics: bool = typer.Option(False, help="Serve /metrics without the API key."),
+    cache_size: int = typer.Option(0, help="Keep the vectors of the last N distinct inputs (0: no cache)."),
 ):
     """Serve OpenAI-compatible POST /v1/embeddings (+ /v1/models, /health, /metrics), batching across requests;
     with --reranker also Cohere/Jina /v1/rerank, /v2/rerank and TEI /rerank."""
@@ -47,7 +48,8 @@ def serve(
     sock = bind(host, port)  # a busy port is one error line, not a model load and then uvicorn's traceback
     try:
         name = model or (None if reranker else default_model())
-        embedder = load(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length) if name \
+        embedder = load(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length,
+                        cache_size=cache_size) if name \
             else None
         scorer = load_reranker(reranker, device=device, dtype=dtype, batch_tokens=batch_tokens) if reranker else None
         application = create_app(embedder, reranker=scorer, api_key=api_key,

@@ -6,7 +6,7 @@ All three embedding adapters embed queries with an instruction (the given one, e
 without, as Qwen3-Embedding was trained; vectors are the library's, unchanged.
 """
 
-from typing import Optional, Union
+from typing import Union
 
 from ..embedder import Embedder, load
 

@@ -7,6 +7,7 @@ own default (Ollama cuts silently; we count it), the worker's packed calls and q
 from typing import Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -63,9 +64,26 @@ class Metrics:
     def watch_queue(self, depth: Callable[[], int]):
         self.queue_depth.set_function(depth)
 
+    def watch_cache(self, cache):
+        """Export the hits and misses of an Embedder's vector cache (`load(..., cache_size=N)`), read at scrape time."""
+        self.registry.register(_CacheCollector(cache))
+
     def value(self, name: str, labels: Optional[dict] = None) -> float:
         """One sample's current value (0 when never set), e.g. value("mlx_embed_batch_requests_sum")."""
         return self.registry.get_sample_value(name, labels or {}) or 0.0
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CacheCollector:
+    """The vector cache counts its own lookups; this reads them when /metrics is scraped."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def collect(self):
+        for kind, said in (("hits", "had"), ("misses", "lacked")):
+            family = CounterMetricFamily(f"mlx_embed_cache_{kind}", f"Inputs whose vector the cache {said}.")
+            family.add_metric([], getattr(self.cache, kind))
+            yield family

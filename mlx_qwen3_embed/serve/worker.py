@@ -109,6 +109,8 @@ class BatchWorker:
         self.dropped_inputs = 0    # their inputs that were never run
         self.metrics = metrics or Metrics()
         self.metrics.watch_queue(self.queue.qsize)
+        if embedder is not None and getattr(embedder, "cache", None) is not None:
+            self.metrics.watch_cache(embedder.cache)
 
     def submit(self, job: Job) -> Future:
         """Queue `job` without waiting; raises QueueFull when the queue is at max_queue."""

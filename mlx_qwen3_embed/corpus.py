@@ -1,0 +1,268 @@
+"""Corpus jobs: a file of texts -> one output of vectors, streamed in bounded windows, resumable after any kill,
+split across the ranks of `mlx.launch` and gathered to rank 0 through mx.distributed.
+
+The job keeps its progress in a folder beside the output (`.NAME.job/`): state.json (what the job is: input
+digest, options, int8 ranges) and one .npy per finished window, each written whole or not at all. A rerun with the
+same input and options continues after the last finished window; the output appears (by rename) only when done.
+"""
+
+import json
+import shutil
+from contextlib import contextmanager
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from . import precision as _precision
+from .corpus_io import Source, output_format, save_atomic, sidecars, write_output
+from .embedder import Embedder
+
+WINDOW_SECONDS = 10.0  # a window's target duration: a kill loses at most about this much work
+FIRST_WINDOW = 256     # texts in the first window; it also fixes the int8/uint8 ranges, so not too few
+MAX_WINDOW = 8192      # bounds memory: texts, ids and vectors of one window
+
+
+@dataclass
+class Progress:
+    """What a progress callback gets after each window (rank 0 only)."""
+    done: int            # records with vectors, including those of earlier runs
+    total: int
+    texts_per_s: float   # this run
+    tokens_per_s: float
+    eta_s: float
+    resumed: int         # records found done when this run started
+
+
+@dataclass
+class Summary:
+    output: Path
+    count: int           # vectors written
+    skipped: int         # blank lines of a txt input, not embedded
+    resumed: int         # records done by an earlier run
+    embedded: int        # records embedded by this run
+    unique: int          # distinct texts this run embedded (identical texts share one forward pass)
+    seconds: float
+    tokens: int
+    files: list[Path] = field(default_factory=list)
+
+
+def embed_corpus(embedder: Embedder, input: Union[str, Path], output: Union[str, Path], *,
+                 text_field: str = "text", id_field: Optional[str] = None, precision: str = "float32",
+                 overwrite: bool = False, instruction: Optional[str] = None, prompt_name: Optional[str] = None,
+                 prompt: Optional[str] = None, dim: Optional[int] = None, normalize: bool = True,
+                 truncate: bool = True, pooling: Optional[str] = None, batch_tokens: Optional[int] = None,
+                 progress: Optional[Callable[[Progress], None]] = None, window_seconds: float = WINDOW_SECONDS,
+                 group=None) -> Summary:
+    """Embed every record of `input` (.txt one per line, .jsonl, .parquet) into `output` (.npy, .jsonl, .parquet).
+
+    Output rows follow input order: (N, dim) at `precision` (binary/ubinary: (N, dim/8)); ids from `id_field`, else
+    the 0-based line (row) number: a column in parquet, a field in jsonl, NAME.ids.jsonl beside a .npy. NAME.meta.json
+    (or the parquet metadata) records precision and int8/uint8 ranges. Under `mlx.launch` every rank calls this with
+    the same arguments and its own copy of the input; rank 0 writes. Returns a Summary on every rank.
+    """
+    started = time.perf_counter()
+    group = _group(group)
+    rank, size = group.rank(), group.size()
+    output = Path(output).expanduser()
+    format = output_format(output)
+    _precision.check(precision)
+    dim = embedder._check_dim(dim)
+    if rank == 0:
+        if not output.parent.is_dir():
+            raise FileNotFoundError(f"cannot write {output}: folder {output.parent} does not exist")
+        if output.exists() and not overwrite:
+            raise FileExistsError(f"{output} exists: pass --overwrite (overwrite=True) to replace it")
+    source = Source(input, text_field=text_field, id_field=id_field)
+    prefix = embedder._prompt(instruction, prompt_name, prompt)
+    scan = source.scan()
+    _same_input_everywhere(group, scan)
+    options = {"model": embedder.name, "dtype": str(embedder.device.dtype), "prompt": prefix, "dim": dim,
+               "normalize": normalize, "truncate": truncate, "max_length": embedder.max_length,
+               "pooling": pooling or embedder.pooling, "precision": precision, "text_field": text_field,
+               "id_field": id_field, "format": format}
+    job = Job(output, {"input": {"path": str(source.path.resolve()), "size": source.path.stat().st_size,
+                                 "digest": scan.digest, "records": scan.count}, "options": options}) \
+        if rank == 0 else None
+    resumed = _broadcast(group, job.done() if job else 0)
+    ranges = job.state.get("ranges") if job else None
+
+    records = source.records()
+    for _ in range(resumed):  # finished windows: read past them without embedding
+        next(records)
+    done, tokens, unique, window = resumed, 0, 0, FIRST_WINDOW
+    while done < scan.count:
+        window = _broadcast(group, min(window, scan.count - done))
+        batch = [next(records) for _ in range(window)]
+        texts = [text for _, text in batch]
+        t0 = time.perf_counter()
+        distinct, rows = _distinct(texts)
+        # identical texts are embedded once; ranks take every size-th distinct text
+        mine = distinct[rank::size]
+        sequences = embedder.tokenize(mine, prompt=prefix, truncate=truncate) if mine else []
+        vectors = embedder._embed_sequences(sequences, dim, normalize, pooling, batch_tokens) if mine \
+            else np.zeros((0, dim), np.float32)
+        vectors, window_tokens = _gather(group, vectors, sum(map(len, sequences)), len(distinct))
+        tokens += window_tokens
+        unique += len(distinct)
+        if rank == 0:
+            vectors = vectors[rows]
+            if precision in ("int8", "uint8") and ranges is None:
+                ranges = job.fix_ranges(vectors)
+            job.save(done, _precision.quantize(vectors, precision, None if ranges is None else np.array(ranges)))
+        done += window
+        elapsed = time.perf_counter() - t0
+        # next window: about window_seconds of work at the rate just measured
+        window = int(min(MAX_WINDOW, max(16, window * window_seconds / max(elapsed, 1e-3))))
+        if rank == 0 and progress is not None:
+            spent = time.perf_counter() - started
+            rate = (done - resumed) / spent
+            progress(Progress(done, scan.count, rate, tokens / spent, (scan.count - done) / max(rate, 1e-9),
+                              resumed))
+
+    files = []
+    if rank == 0:
+        meta = {"precision": precision, "ranges": ranges, "count": scan.count, "skipped": scan.skipped,
+                "dim": dim, "input": job.state["input"], "options": options}
+        write_output(output, job.parts(), (ident for ident, _ in source.records()), scan.count, meta)
+        files = [output, *sidecars(output).values()]
+        job.remove()
+    return Summary(output, scan.count, scan.skipped, resumed, scan.count - resumed, unique,
+                   time.perf_counter() - started, tokens, files)
+
+
+class Job:
+    """The job's folder beside the output: state.json + parts/START-END.npy, one per finished window."""
+
+    def __init__(self, output: Path, identity: dict):
+        self.folder = output.parent / f".{output.name}.job"
+        self.state_path = self.folder / "state.json"
+        if self.state_path.is_file():
+            self.state = json.loads(self.state_path.read_text())
+            _refuse_changes(self.state, identity, self.folder)
+        else:
+            (self.folder / "parts").mkdir(parents=True, exist_ok=True)
+            self.state = dict(identity, ranges=None)
+            self._write_state()
+
+    def done(self) -> int:
+        """Records covered by finished parts, counted from 0 without a gap."""
+        end = 0
+        for part in self.parts():
+            start, stop = (int(n) for n in part.stem.split("-"))
+            if start != end:
+                break
+            end = stop
+        return end
+
+    def parts(self) -> list[Path]:
+        return sorted((self.folder / "parts").glob("*-*.npy"))
+
+    def save(self, start: int, rows: np.ndarray) -> None:
+        save_atomic(self.folder / "parts" / f"{start:012d}-{start + len(rows):012d}.npy", rows)
+
+    def fix_ranges(self, vectors: np.ndarray) -> list:
+        """int8/uint8 buckets from the first window, kept in the state so every later window (and run) agrees."""
+        self.state["ranges"] = _precision.ranges(vectors).tolist()
+        self._write_state()
+        return self.state["ranges"]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder)
+
+    def _write_state(self) -> None:
+        from .corpus_io import _atomic
+
+        _atomic(self.state_path, lambda f: f.write(json.dumps(self.state, indent=1).encode()))
+
+
+def _refuse_changes(state: dict, identity: dict, folder: Path) -> None:
+    """A resumed job must be the same job: the same input bytes and the same options."""
+    if state["input"] != identity["input"]:
+        was, now = state["input"], identity["input"]
+        what = "path" if was["path"] != now["path"] else "content"
+        raise ValueError(f"cannot resume: the input's {what} changed since the job started ({was['path']}, "
+                         f"{was['size']} bytes, then; {now['path']}, {now['size']} bytes now); run it with the "
+                         f"original input, or delete {folder} (or pick another output) to start over")
+    changed = [f"{k} was {state['options'].get(k)!r}, now {v!r}" for k, v in identity["options"].items()
+               if state["options"].get(k) != v]
+    if changed:
+        raise ValueError(f"cannot resume with different options: {'; '.join(changed)}; rerun with the original "
+                         f"options, or delete {folder} (or pick another output) to start over")
+
+
+def _distinct(texts: list[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct texts in first-seen order, and for each input text the row of its distinct text."""
+    index: dict[str, int] = {}
+    rows = np.array([index.setdefault(t, len(index)) for t in texts], dtype=np.int64)
+    return list(index), rows
+
+
+# --- ranks: every collective runs on all ranks in the same order; with one rank they are no-ops -------------
+
+def _group(group):
+    if group is not None:
+        return group
+    import mlx.core as mx
+
+    # called here, never at import: the CLI's BLAS re-exec must happen before the ring connects
+    return mx.distributed.init()
+
+
+@contextmanager
+def _ranks_alive():
+    """A collective that fails (a peer died, the network went) ends the job with what to do next."""
+    try:
+        yield
+    except RuntimeError as e:
+        raise ConnectionError(f"lost the other ranks ({e}): one stopped or failed (see its message); finished "
+                              "windows are kept beside the output: run the same command again to resume") from None
+
+
+def _broadcast(group, value: int) -> int:
+    """Rank 0's value on every rank (the others contribute 0 to a sum)."""
+    if group.size() == 1:
+        return value
+    import mlx.core as mx
+
+    with _ranks_alive():
+        total = mx.distributed.all_sum(mx.array([value if group.rank() == 0 else 0], mx.int32), group=group,
+                                       stream=mx.cpu)
+        return int(total.item())
+
+
+def _same_input_everywhere(group, scan) -> None:
+    if group.size() == 1:
+        return
+    import mlx.core as mx
+
+    mine = np.frombuffer(bytes.fromhex(scan.digest), dtype=np.uint8).astype(np.int32)
+    with _ranks_alive():
+        everyone = np.array(mx.distributed.all_gather(mx.array(np.append(mine, scan.count)[None]), group=group,
+                                                      stream=mx.cpu))
+    for rank, row in enumerate(everyone):
+        if not np.array_equal(row, everyone[0]):
+            raise ValueError(f"rank {rank}'s input differs from rank 0's ({row[-1]} vs {everyone[0][-1]} records): "
+                             "every machine needs the same file at the same path")
+
+
+def _gather(group, vectors: np.ndarray, tokens: int, count: int) -> tuple[np.ndarray, int]:
+    """Each rank's (k_r, dim) vectors of distinct texts r, r+size, ... -> all (count, dim) in order, on rank 0."""
+    size = group.size()
+    if size == 1:
+        return vectors, tokens
+    import mlx.core as mx
+
+    per_rank = -(-count // size)
+    padded = np.zeros((per_rank + 1, vectors.shape[1]), np.float32)
+    padded[:len(vectors)] = vectors
+    padded[-1, 0] = tokens  # a spare row carries the token count: one collective per window
+    with _ranks_alive():
+        everyone = np.array(mx.distributed.all_gather(mx.array(padded), group=group, stream=mx.cpu))
+    everyone = everyone.reshape(size, per_rank + 1, -1)
+    tokens = int(everyone[:, -1, 0].sum())
+    # distinct text u went to rank u % size as its (u // size)-th row
+    u = np.arange(count)
+    return everyone[u % size, u // size], tokens
