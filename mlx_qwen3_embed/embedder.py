@@ -13,7 +13,7 @@ from .config import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
 from .tokenizer import Tokenizer, apply_prompt, query_prompt, read_prompts
-from .weights import load_model, resolve
+from .weights import load_model, plan_memory, resolve
 
 Texts = Union[str, Sequence[str]]
 
@@ -179,7 +179,7 @@ def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = Non
     """A local folder or hub id -> Embedder. Device choices (dtype, dequantize, batch_tokens) default per device."""
     _pooling.check(pooling)
     folder = resolve(model, revision)
-    device_plan = plan(device, dtype, dequantize, batch_tokens)
+    device_plan = plan_memory(folder, plan(device, dtype, dequantize, batch_tokens))  # refuses what cannot fit
     qwen, args = load_model(folder, device_plan)
     tokenizer = Tokenizer(folder)
     embedder = Embedder(qwen, tokenizer, args, device_plan, name=str(model), folder=folder,
