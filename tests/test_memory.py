@@ -128,3 +128,24 @@ def test_cli_says_it_in_one_line(huge_model, monkeypatch):
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "GB is available" in lines[0], result.stderr
+
+
+def test_converter_streams_tensor_by_tensor(tmp_path):
+    """Converting holds a few tensors at a time: its peak RSS grows by far less than the checkpoint's size."""
+    import subprocess
+    import sys
+
+    src = make_hub_checkpoint(tmp_path / "src", hidden_size=512, intermediate_size=4096, num_attention_heads=8,
+                              num_key_value_heads=4, head_dim=64, num_hidden_layers=12, shards=3)
+    size = sum(f.stat().st_size for f in src.glob("*.safetensors"))  # ~330 MB of fp32; largest tensor 8 MB
+    script = f"""
+import resource
+from mlx_qwen3_embed import quantize
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+quantize.convert({str(src)!r}, {str(tmp_path / "out")!r}, bits=4)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+    grown = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+                .stdout.split()[-1])
+    assert grown < 0.25 * size, f"converting grew RSS by {grown / 1e6:.0f} MB for a {size / 1e6:.0f} MB checkpoint"
+    assert mqe.load(str(tmp_path / "out")).embed("x").shape == (512,)
