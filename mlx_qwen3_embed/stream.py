@@ -82,6 +82,7 @@ def _write_shard(path: Path, tensors: list, compute) -> None:
                 raise RuntimeError(f"{key}: computed {value.shape} {value.dtype}, expected {shape} {kind}")
             f.write(memoryview(value))
             del value
+            mx.clear_cache()  # MLX keeps freed buffers for reuse: give them back, or RSS grows to the model's size
 
 
 def _count(shape) -> int:
