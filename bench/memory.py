@@ -93,7 +93,7 @@ else:
     model.embed(texts, batch_tokens=1024)
     seconds = time.time() - start
     print(json.dumps({"load_seconds": loaded, "load_peak_rss": load_rss, "peak_rss": peak(),
-                      "tokens_per_second": len(model.tokenize(texts)) * 128 / seconds,
+                      "tokens_per_second": sum(map(len, model.tokenize(texts))) / seconds,
                       "upcast": model.device.upcast, "dequantize": model.device.dequantize}))
 """
 
