@@ -265,6 +265,8 @@ def distill(teacher: Qwen3, student: Qwen3, tokenizer: Tokenizer, texts: list[st
         as it came (report.kept == "rounded").
     through: "float" (CPU default: fp32 GEMM on weights rebuilt from the codes) or "quantized" (Metal default:
         quantized_matmul). checkpoint: recompute blocks in the backward pass to bound memory (8B).
+    embeddings: also tune the token table's per-row scales/biases (off: only calibration tokens' rows would
+        move, which overfits them; see _wrap).
     callback: called as callback(step, loss) after every step (progress display; the library prints nothing).
     """
     if through is None:  # the device's choice between quantized matmul and fp32 GEMMs on rebuilt weights
