@@ -10,10 +10,17 @@ Also measured on CPU (bench/results/bench_steps.md): causal attention in blocks 
 triangle (+8%); and on x86 MLX's CPU exp is scalar (28.7 ms for 3M float32 values against 0.9 ms for numpy's
 SIMD exp), while softmax and SwiGLU need one exp per value, so there exp goes through numpy (+32% end to end).
 On Metal MLX's own fused attention and exp are used.
+
+Memory (fit_memory): float32 costs 4 bytes per parameter, ~16 GB for the 4B and ~30 GB for the 8B. On CPU the
+loader dequantizes/up-casts at load only when that fits the memory left; otherwise the layers keep the
+checkpoint's own storage (bf16: 2 bytes, 4-bit: ~0.56) and rebuild one float32 matrix at a time when used
+(models/upcast.py), and a model that does not fit even so is refused before anything is read.
 """
 
+import os
 import platform
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import mlx.core as mx
@@ -32,6 +39,8 @@ class DevicePlan:
     dequantize: bool       # replace quantized layers by float ones at load time
     batch_tokens: int      # default token budget of one forward pass (padded tokens)
     kernels: Kernels = field(default_factory=Kernels)  # attention and exp variants (model.Kernels)
+    upcast: bool = False   # keep the checkpoint's storage, up-cast one matrix at a time (models/upcast.py)
+    auto_memory: bool = True  # dequantize was not chosen by the caller: fit_memory may switch to upcast
 
     @property
     def stream(self) -> mx.Device:
@@ -66,4 +75,67 @@ def plan(device: Optional[str] = None, dtype: Optional[str] = None,
         # CPU: 1024 measured fastest of 512-4096 tokens (bench/results/bench_steps.md)
         batch_tokens=batch_tokens or (1024 if on_cpu else 8192),
         kernels=Kernels(chunked_attention=on_cpu, host_exp=on_cpu and platform.machine().lower() in X86),
+        auto_memory=dequantize is None,
     )
+
+
+MEMORY_ENV = "MLX_QWEN3_EMBED_MEMORY"  # e.g. "12GB": the memory the loader may plan with, instead of measuring
+GB = 1 << 30
+
+
+def available_memory(device: str = "cpu") -> int:
+    """Bytes the model may use: $MLX_QWEN3_EMBED_MEMORY if set; on Metal the recommended working set; on
+    Linux MemAvailable (free + reclaimable page cache, what can be allocated without swapping); else the
+    machine's physical memory."""
+    given = os.environ.get(MEMORY_ENV)
+    if given:
+        return parse_bytes(given)
+    if device == "gpu":
+        info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
+        return int(info.get("max_recommended_working_set_size") or info["memory_size"])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def parse_bytes(text: str) -> int:
+    """ "12GB", "512MB", "8g", "1e9" -> bytes (binary units)."""
+    match = re.fullmatch(r"\s*([0-9.e+]+)\s*([kmgt]?)i?b?\s*", text.lower())
+    try:
+        value = float(match.group(1)) if match else -1.0
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ValueError(f"{MEMORY_ENV} must be a size such as 12GB or 512MB, got {text!r}")
+    return int(value * 1024 ** " kmgt".index(match.group(2) or " "))
+
+
+def fit_memory(plan: DevicePlan, planned_bytes: int, stored_bytes: int, working_bytes: int,
+               available: Optional[int] = None, name: str = "the model") -> DevicePlan:
+    """The plan that fits in memory: `plan` itself, or on CPU (unless the caller chose `dequantize`) its variant
+    that keeps the checkpoint's storage and up-casts per layer. Raises MemoryError, naming the figures, when
+    neither fits, so a model too big is refused before its weights are read.
+
+    planned_bytes: the weights as `plan` holds them (float32 everywhere when it dequantizes); stored_bytes: the
+    checkpoint's own storage; working_bytes: one batch's activations plus one layer's matrices in float32.
+    """
+    available = available_memory(plan.device) if available is None else available
+    if planned_bytes + working_bytes <= available:
+        return plan
+    lean = stored_bytes + working_bytes
+    can_switch = plan.auto_memory and plan.device == "cpu" and not plan.upcast
+    if can_switch and lean <= available:
+        return replace(plan, dequantize=False, upcast=True)
+    weights = stored_bytes if can_switch else planned_bytes  # the least this plan could do with
+    need = weights + working_bytes
+    hint = ("load with dequantize left unset, which keeps the checkpoint's storage and up-casts one layer at a time"
+            if lean <= available and plan.device == "cpu" else
+            "free memory, or use a smaller or more strongly quantized model (e.g. a 4-bit conversion)")
+    raise MemoryError(f"{name} needs about {need / GB:.1f} GB ({weights / GB:.1f} GB of weights + "
+                      f"{working_bytes / GB:.1f} GB working memory) but only {available / GB:.1f} GB is available: "
+                      f"{hint}; or set {MEMORY_ENV} if that figure of free memory is wrong")

@@ -74,7 +74,9 @@ def read_calibration(path: Union[str, Path, None] = None, instruction: str = DEF
         kind = record.get("kind", "document")
         if kind not in KINDS:
             raise ValueError(f'{path} line {number} has kind {kind!r}: use "query" or "document"')
-        texts.append(query_prompt(instruction) + record["text"] if kind == "query" else record["text"])
+        # a record may carry its own task instruction (classification, similarity, code search ...)
+        task = record.get("instruction") or instruction
+        texts.append(query_prompt(task) + record["text"] if kind == "query" else record["text"])
     if len(texts) < 2:
         raise ValueError(f"{path} holds {len(texts)} texts: distillation needs some to train on and some to hold out")
     return texts
@@ -151,10 +153,16 @@ class _TrainEmbedding(_Tuned):
         return self._float_weight(self._weight[input_ids], scales[input_ids], biases[input_ids])
 
 
-def _wrap(student: Qwen3, through: str) -> list[tuple[str, nn.Module, nn.Module]]:
-    """Swap every quantized layer of `student` for its trainable twin; returns (path, original, twin)."""
+def _wrap(student: Qwen3, through: str, embeddings: bool = False) -> list[tuple[str, nn.Module, nn.Module]]:
+    """Swap every quantized layer of `student` for its trainable twin; returns (path, original, twin).
+
+    embeddings=False leaves the token table as rounded: its scales and biases are per row, so only the rows of
+    tokens the calibration set contains would move, fitted to those texts alone (measured: the held-out worst
+    text got worse on a full-vocabulary model)."""
     swaps = []
     for path, module in student.named_modules():
+        if isinstance(module, nn.QuantizedEmbedding) and not embeddings:
+            continue
         if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
             if module.mode != "affine" or module.get("biases") is None:
                 raise ValueError(f"{path} is quantized in mode {module.mode!r}: DWQ trains affine scales and "
@@ -239,7 +247,7 @@ def _held_out_cosines(student: Qwen3, batches: list[_Batch], swaps) -> np.ndarra
 def distill(teacher: Qwen3, student: Qwen3, tokenizer: Tokenizer, texts: list[str], *, steps: int = 200,
             lr: float = 1e-4, batch_tokens: int = 2048, holdout: Union[float, int] = 0.2,
             max_length: int = 512, token_weight: float = 1.0, eval_every: Optional[int] = None,
-            through: Optional[str] = None, checkpoint: bool = False, seed: int = 0,
+            through: Optional[str] = None, checkpoint: bool = False, seed: int = 0, embeddings: bool = False,
             callback: Optional[Callable[[int, float], None]] = None) -> DistillReport:
     """Tune `student` (a Qwen3 already quantized with mlx.nn.quantize, affine mode) in place so that its
     pooled vectors match `teacher`'s (the same Qwen3, unquantized) on `texts`.
@@ -257,6 +265,8 @@ def distill(teacher: Qwen3, student: Qwen3, tokenizer: Tokenizer, texts: list[st
         as it came (report.kept == "rounded").
     through: "float" (CPU default: fp32 GEMM on weights rebuilt from the codes) or "quantized" (Metal default:
         quantized_matmul). checkpoint: recompute blocks in the backward pass to bound memory (8B).
+    embeddings: also tune the token table's per-row scales/biases (off: only calibration tokens' rows would
+        move, which overfits them; see _wrap).
     callback: called as callback(step, loss) after every step (progress display; the library prints nothing).
     """
     if through is None:  # the device's choice between quantized matmul and fp32 GEMMs on rebuilt weights
@@ -276,7 +286,7 @@ def distill(teacher: Qwen3, student: Qwen3, tokenizer: Tokenizer, texts: list[st
 
     # the loader's freeze state (quantized layers freeze their own packed weights), put back afterwards
     frozen = {path: set(module._no_grad) for path, module in student.named_modules()}
-    swaps = _wrap(student, through)
+    swaps = _wrap(student, through, embeddings)
     best, best_step = None, 0
     try:
         before = _held_out_cosines(student, held, swaps)

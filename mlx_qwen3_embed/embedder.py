@@ -16,7 +16,7 @@ from .config import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
 from .tokenizer import Tokenizer, apply_prompt, query_prompt, read_prompts
-from .weights import load_model, model_kind, resolve
+from .weights import load_model, model_kind, plan_memory, resolve
 
 Texts = Union[str, Sequence[str]]
 
@@ -215,7 +215,7 @@ def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = Non
     if model_kind(folder) == "reranker":
         raise ValueError(f"{model} holds a reranker (Qwen3-Reranker), not an embedding model: load it with "
                          "mlx_qwen3_embed.load_reranker, or give a Qwen3-Embedding folder")
-    device_plan = plan(device, dtype, dequantize, batch_tokens)
+    device_plan = plan_memory(folder, plan(device, dtype, dequantize, batch_tokens))  # refuses what cannot fit
     qwen, args = load_model(folder, device_plan)
     tokenizer = Tokenizer(folder)
     embedder = Embedder(qwen, tokenizer, args, device_plan, name=str(model), folder=folder,

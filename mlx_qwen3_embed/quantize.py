@@ -22,7 +22,9 @@ from mlx.utils import tree_map, tree_unflatten
 
 from .device import DTYPES, plan
 from .distill import distill, read_calibration
+from .config import ModelArgs
 from .models.qwen3 import Qwen3
+from .stream import write_streamed
 from .tokenizer import EOS, Tokenizer
 from .weights import HUB_FILES, check, model_kind, read_config, read_tensors, resolve, safetensors_files
 
@@ -70,6 +72,16 @@ def load_float(src: str, dtype: Optional[str] = None) -> tuple[Qwen3, dict, Path
 
     dtype: "bfloat16" | "float16" | "float32"; default the checkpoint's own (`torch_dtype`), as mlx-lm does.
     """
+    args, config, folder, tensors = open_float(src, dtype)
+    model = Qwen3(args)
+    model.update(tree_unflatten([(k, v.astype(DTYPES[config["torch_dtype"]])) for k, v in tensors.items()]))
+    mx.eval(model.parameters())
+    return model, config, folder
+
+
+def open_float(src: str, dtype: Optional[str] = None) -> tuple[ModelArgs, dict, Path, dict[str, mx.array]]:
+    """The checks of load_float, and the tensors as mx.load gives them: lazy, each read when first computed.
+    The config's torch_dtype becomes `dtype` (default: the checkpoint's own)."""
     folder = resolve(src)
     args = read_config(folder)
     config = json.loads((folder / "config.json").read_text())
@@ -82,19 +94,17 @@ def load_float(src: str, dtype: Optional[str] = None) -> tuple[Qwen3, dict, Path
         raise ValueError(f"{src} is already quantized ({quantized or 'config.json has a quantization block'}): "
                          "convert from the original float weights, e.g. Qwen/Qwen3-Embedding-0.6B")
     config["torch_dtype"] = dtype  # the dtype of the scales, biases and norms we write
-    model = Qwen3(args)
-    check(model, tensors, folder)
-    model.update(tree_unflatten([(k, v.astype(DTYPES[dtype])) for k, v in tensors.items()]))
-    mx.eval(model.parameters())
-    return model, config, folder
+    check(Qwen3(args), tensors, folder)  # shapes only: nothing is read
+    return args, config, folder, tensors
 
 
 def quantize(model: Qwen3, config: dict, bits: Optional[int] = None, group_size: int = 64,
-             recipe: Optional[str] = None) -> dict:
+             recipe: Optional[str] = None, evaluate: bool = True) -> dict:
     """Quantize `model` in place (affine, nn.quantize) and return the config with mlx-lm's quantization block.
 
     bits: 2..8 for every Linear and the Embedding; or recipe: a name in RECIPES choosing bits per module.
-    A layer whose input size `group_size` does not divide stays float, as in mlx-lm.
+    A layer whose input size `group_size` does not divide stays float, as in mlx-lm. evaluate=False leaves the
+    quantized parameters lazy (stream.py reads only their shapes).
     """
     bits = check_settings(bits, group_size, recipe)
     choose = RECIPES[recipe] if recipe else (lambda path, num_layers: bits)
@@ -114,7 +124,8 @@ def quantize(model: Qwen3, config: dict, bits: Optional[int] = None, group_size:
         return {"group_size": group_size, "bits": module_bits, "mode": "affine"}
 
     nn.quantize(model, group_size, base, mode="affine", class_predicate=predicate)
-    mx.eval(model.parameters())
+    if evaluate:
+        mx.eval(model.parameters())
     config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
     # The 8B says untied but ships no lm_head; an embedding model needs none, and "tied" lets mlx-lm load it
     config["tie_word_embeddings"] = True
@@ -145,13 +156,15 @@ def load_lm_head(folder: Path, config: dict) -> Optional[nn.Linear]:
 
 
 def save(model: Qwen3, config: dict, src_folder: Path, dst: str, dtype: Optional[str] = None,
-         lm_head: Optional[nn.Module] = None, reranker: bool = False) -> dict:
+         lm_head: Optional[nn.Module] = None, reranker: bool = False,
+         write: Optional[Callable[[Path], None]] = None) -> dict:
     """Write `model` + `config` + the tokenizer and sentence-transformers files of `src_folder` to `dst`, atomically.
 
     Builds everything in a hidden temporary folder next to `dst` and renames it at the end, so an interrupted
     run leaves nothing at `dst` (and what a killed one left beside it goes on the next run to `dst`). Refuses an
     existing `dst` (FileExistsError). Returns `summary(dst)`. A reranker keeps its `lm_head` (if untied) and
     its files as they are: no sentence-transformers pooling files, no <|endoftext|> added by the tokenizer.
+    write(folder): writes the weights instead of mlx-lm's save_model (the streamed conversion).
     """
     from mlx_lm.utils import save_config, save_model
 
@@ -164,7 +177,10 @@ def save(model: Qwen3, config: dict, src_folder: Path, dst: str, dtype: Optional
     remove_stale_partials(dst)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(dst)}{os.getpid()}-", dir=dst.parent))
     try:
-        save_model(tmp, _Prefixed(model, lm_head))
+        if write is not None:
+            write(tmp)
+        else:
+            save_model(tmp, _Prefixed(model, lm_head))
         save_config(dict(config), tmp / "config.json")
         copy_extra_files(src_folder, tmp, config["hidden_size"], reranker)
         refuse_existing(dst)  # another run may have finished meanwhile
@@ -190,10 +206,19 @@ def convert(src: str, dst: str, *, bits: Optional[int] = None, group_size: int =
     check_settings(bits, group_size, recipe)
     refuse_existing(Path(dst).expanduser())
     texts = read_calibration(calibration) if dwq else None
-    model, config, folder = load_float(src, dtype)
-    reranker = model_kind(folder) == "reranker"
+    reranker = model_kind(resolve(src)) == "reranker"
     if reranker and dwq:
         raise ValueError(f"{src} is a reranker: --dwq distills embedding vectors; convert it without dwq")
+    # tensor by tensor: memory for a few of the largest tensor, not for the model (stream.py); a reranker's head
+    # goes the in-memory way
+    if not dwq and not reranker:
+        args, config, folder, tensors = open_float(src, dtype)
+        lazy = Qwen3(args)  # never computed: its quantized twin gives the layout mlx-lm would write
+        lazy.update(tree_map(lambda a: a.astype(DTYPES[config["torch_dtype"]]), lazy.parameters()))
+        config = quantize(lazy, config, bits, group_size, recipe, evaluate=False)
+        return save(lazy, config, folder, dst, write=lambda tmp: write_streamed(tmp, _Prefixed(lazy), tensors,
+                                                                               DTYPES[config["torch_dtype"]]))
+    model, config, folder = load_float(src, dtype)
     lm_head = load_lm_head(folder, config) if reranker else None
     config = quantize(model, config, bits, group_size, recipe)
     if lm_head is not None:  # the 8B reranker's own head: quantized like any linear layer, as mlx-lm does

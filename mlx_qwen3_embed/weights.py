@@ -10,8 +10,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import ModelArgs
-from .device import DevicePlan
+from .device import GB, DevicePlan, fit_memory
 from .models.qwen3 import Qwen3
+from .models.upcast import upcast_layers
 
 # What a model folder needs; the hub repos also hold ONNX/GGUF copies we must not download.
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "tokenizer.model", "1_Pooling/*"]
@@ -129,8 +130,66 @@ def check(model: nn.Module, tensors: dict[str, mx.array], folder: Path) -> None:
                              f"config.json implies {tuple(value.shape)}")
 
 
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def matrices(args: ModelArgs) -> list[tuple[str, int, int]]:
+    """(module path, rows, columns) of every weight matrix of the decoder: the token table, then each block's."""
+    D, F, H, KV, hd = (args.hidden_size, args.intermediate_size, args.num_attention_heads,
+                       args.num_key_value_heads, args.head_dim)
+    out = [("embed_tokens", args.vocab_size, D)]
+    for i in range(args.num_hidden_layers):
+        p = f"layers.{i}."
+        out += [(p + "self_attn.q_proj", H * hd, D), (p + "self_attn.k_proj", KV * hd, D),
+                (p + "self_attn.v_proj", KV * hd, D), (p + "self_attn.o_proj", D, H * hd),
+                (p + "mlp.gate_proj", F, D), (p + "mlp.up_proj", F, D), (p + "mlp.down_proj", D, F)]
+    return out
+
+
+def memory_need(args: ModelArgs, plan: DevicePlan, storage: int = 2) -> tuple[int, int, int]:
+    """Bytes a model of shape `args` needs, from config.json alone: (weights as `plan` holds them, weights as the
+    checkpoint stores them, working memory). storage: bytes per stored float (2 for bf16, the hub's dtype).
+
+    Quantized matrices store bits/8 bytes a weight plus a scale and a bias per group; working memory is one
+    block's matrices in the compute dtype (rebuilt there under plan.upcast), the activations of a batch of
+    plan.batch_tokens tokens, and 1 GB for the runtime (Python, MLX, tokenizer).
+    """
+    compute = plan.dtype.size
+    planned = stored = 0
+    for path, rows, columns in matrices(args):
+        n = rows * columns
+        q = args.quantization_for(path) if args.quantization else None
+        if q and columns % q["group_size"] == 0:  # mlx-lm leaves a matrix it cannot group as it is
+            packed, groups = n * q["bits"] // 8, n // q["group_size"]
+            stored += packed + 2 * groups * storage
+            planned += n * compute if plan.dequantize else packed + 2 * groups * compute
+        else:
+            stored += n * storage
+            planned += n * compute
+    norms = (2 * args.hidden_size + 2 * args.head_dim) * args.num_hidden_layers + args.hidden_size
+    planned, stored = planned + norms * compute, stored + norms * compute
+    if plan.upcast:
+        planned = stored
+    block = sum(rows * columns for path, rows, columns in matrices(args)[1:8]) * compute
+    per_token = (8 * args.hidden_size + 2 * args.num_attention_heads * args.head_dim
+                 + 4 * args.intermediate_size) * 4
+    return planned, stored, block + plan.batch_tokens * per_token + GB
+
+
+def plan_memory(folder: Path, plan: DevicePlan, available: Optional[int] = None) -> DevicePlan:
+    """`plan` as it fits the memory left for the checkpoint at `folder` (device.fit_memory): may switch to
+    keeping the stored weights (plan.upcast); raises MemoryError, reading no weights, when nothing fits."""
+    args = read_config(folder)
+    config = json.loads((folder / "config.json").read_text())
+    storage = ITEMSIZE.get(config.get("torch_dtype") or config.get("dtype"), 2)
+    planned, stored, working = memory_need(args, plan, storage)
+    return fit_memory(plan, planned, stored, working, available, name=str(folder))
+
+
 def load_model(folder: Path, plan: DevicePlan) -> tuple[Qwen3, ModelArgs]:
-    """Build the Qwen3 of `folder` and load its weights, dequantized or not as `plan` says."""
+    """Build the Qwen3 of `folder` and load its weights, dequantized or not as `plan` says; refused with a
+    MemoryError before any weight is read when it cannot fit (plan_memory, which may choose plan.upcast)."""
+    plan = plan_memory(folder, plan)
     args = read_config(folder)
     tensors = read_tensors(folder)
     quantized = [k.removesuffix(".scales") for k in tensors if k.endswith(".scales")]
@@ -138,7 +197,13 @@ def load_model(folder: Path, plan: DevicePlan) -> tuple[Qwen3, ModelArgs]:
         raise ValueError(f"{folder} holds quantized tensors ({quantized[0]}.scales) but config.json has no "
                          "'quantization' block: the config does not belong to these weights")
     model = Qwen3(args, plan.kernels)
-    if plan.dequantize:
+    if plan.upcast:
+        # matrices stay as stored (bf16 or packed), the small norms go to the compute dtype
+        modules = set(quantized)
+        kept = upcast_layers(model, plan.dtype, lambda path: args.quantization_for(path) if path in modules else None)
+        tensors = {k: v if k.rpartition(".")[0] in kept or not mx.issubdtype(v.dtype, mx.floating)
+                   else v.astype(plan.dtype) for k, v in tensors.items()}
+    elif plan.dequantize:
         tensors = dequantize(tensors, args, plan.dtype)
     else:
         tensors = {k: v.astype(plan.dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in tensors.items()}

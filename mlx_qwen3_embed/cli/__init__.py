@@ -18,7 +18,7 @@ app = typer.Typer(help="Qwen3-Embedding vectors in MLX: embed, rerank, convert, 
 DEFAULT_MODEL = "mlx-community/Qwen3-Embedding-0.6B-4bit-DWQ"
 MODEL_ENV = "MLX_EMBED_MODEL"
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
-               NotADirectoryError, UnicodeDecodeError, KeyError, OSError)
+               MemoryError, NotADirectoryError, UnicodeDecodeError, KeyError, OSError)
 
 
 def default_model() -> str:
