@@ -156,9 +156,14 @@ class Embedder:
 def _check_texts(texts: Texts) -> list[str]:
     if isinstance(texts, str):
         return [texts]
+    if isinstance(texts, dict):
+        texts = [texts]  # an item dict: the check below names it
     if texts is None or isinstance(texts, bytes) or not isinstance(texts, Sequence):
         raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
     for i, t in enumerate(texts):
+        if isinstance(t, dict):
+            raise TypeError(f"texts[{i}] is a dict (an image or mixed item?): this is a text-only Qwen3 model; "
+                            "load a Qwen3-VL model (e.g. Qwen/Qwen3-VL-Embedding-2B) to embed images")
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
     return list(texts)
@@ -175,10 +180,20 @@ def _default_max_length(folder: Path, args: ModelArgs) -> int:
 
 def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
          dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None, max_length: Optional[int] = None,
-         pooling: str = "last", revision: Optional[str] = None) -> Embedder:
-    """A local folder or hub id -> Embedder. Device choices (dtype, dequantize, batch_tokens) default per device."""
+         pooling: str = "last", revision: Optional[str] = None, layer: Optional[int] = None) -> Embedder:
+    """A local folder or hub id -> Embedder. Device choices (dtype, dequantize, batch_tokens) default per device.
+
+    A Qwen3-VL checkpoint (model_type qwen3_vl) gives a vl_embedder.VLEmbedder, which also embeds images;
+    `layer` (which hidden state to pool) is for those only."""
     _pooling.check(pooling)
     folder = resolve(model, revision)
+    from .vl_loading import model_type
+    if model_type(folder) == "qwen3_vl":
+        from .vl_embedder import load_vl
+        return load_vl(folder, name=str(model), device=device, dtype=dtype, dequantize=dequantize,
+                       batch_tokens=batch_tokens, max_length=max_length, pooling=pooling, layer=layer)
+    if layer is not None:
+        raise ValueError(f"layer= is for Qwen3-VL models; {model} is a Qwen3 text model (it pools the final layer)")
     device_plan = plan(device, dtype, dequantize, batch_tokens)
     qwen, args = load_model(folder, device_plan)
     tokenizer = Tokenizer(folder)
