@@ -10,7 +10,7 @@ from PIL import Image
 import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed import images
 from mlx_qwen3_embed.vl_embedder import VLEmbedder, format_instruction
-from vl_fixtures import vl_model, vl_reference  # noqa: F401  (session fixtures)
+from vl_fixtures import vl_instruct_model, vl_model, vl_reference  # noqa: F401  (session fixtures)
 
 COSINE = 0.99999
 
@@ -174,3 +174,44 @@ def test_bad_layer_and_dim(vl_model, embedder):
         mqe.load(str(vl_model), layer=9)
     with pytest.raises(ValueError, match="dim must be between"):
         embedder.embed("x", dim=0)
+
+
+# ------------------------------------------------------------------------------------------ instruct-model mode
+
+@pytest.fixture(scope="module")
+def instruct(vl_instruct_model):
+    from vl_fixtures import Reference
+
+    return Reference(vl_instruct_model)
+
+
+def test_instruct_checkpoint_has_its_own_lm_head(vl_instruct_model):
+    from safetensors import safe_open
+
+    with safe_open(str(vl_instruct_model / "model.safetensors"), "np") as f:
+        assert "lm_head.weight" in f.keys()  # loading drops it: embeddings need none
+
+
+@pytest.mark.parametrize("pooling", ["mean", "first", "max", "last"])
+@pytest.mark.parametrize("layer", [None, 0, 1, 2, -2, -4])
+def test_pooling_and_layer_equal_transformers_hidden_states(vl_instruct_model, instruct, pictures, pooling, layer):
+    """hidden_states[0] is the embeddings, [k] block k's output before its deepstack addition, [-1] the
+    final-normed output (the default)."""
+    import torch
+
+    items = [{"text": "The quick brown fox jumps over the lazy dog"}, {"text": "a dog", "image": pictures["odd"]}]
+    inputs = instruct.inputs([reference_item(i) for i in items])
+    with torch.no_grad():
+        hidden = instruct.model(**inputs, output_hidden_states=True).hidden_states[-1 if layer is None else layer]
+    mask = inputs["attention_mask"].bool()
+    lengths = mask.sum(1)
+    if pooling == "mean":
+        ref = (hidden * mask[..., None]).sum(1) / lengths[:, None]
+    elif pooling == "first":
+        ref = hidden[:, 0]
+    elif pooling == "max":
+        ref = hidden.masked_fill(~mask[..., None], -torch.inf).max(1).values
+    else:
+        ref = hidden[torch.arange(len(items)), lengths - 1]
+    ours = mqe.load(str(vl_instruct_model), pooling=pooling, layer=layer).embed(items)
+    assert cosines(ours, ref.numpy()).min() >= COSINE

@@ -49,7 +49,7 @@ def vl_config(ids: dict, **text_overrides) -> dict:
                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, hidden_act="silu",
                 max_position_embeddings=8192, vocab_size=ids["size"] + EXTRA_ROWS, attention_bias=False,
                 rope_scaling={"rope_type": "default", "mrope_interleaved": True, "mrope_section": [2, 3, 3]},
-                rope_theta=5_000_000.0, tie_word_embeddings=True, dtype="float32", **text_overrides)
+                rope_theta=5_000_000.0, dtype="float32", **{"tie_word_embeddings": True, **text_overrides})
     vision = dict(model_type="qwen3_vl", depth=3, hidden_size=32, intermediate_size=64, num_heads=2,
                   out_hidden_size=64, hidden_act="gelu_pytorch_tanh", patch_size=16, temporal_patch_size=2,
                   spatial_merge_size=2, in_channels=3, num_position_embeddings=2304,
@@ -79,15 +79,18 @@ def randomize(model, seed: int = 0) -> None:
             p.copy_(torch.from_numpy(value.astype(np.float32)))
 
 
-def make_vl_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """A Qwen/Qwen3-VL-Embedding-* style folder: config, model.safetensors, tokenizer, chat template."""
+def make_vl_checkpoint(folder: Path, seed: int = 0, tied: bool = True) -> Path:
+    """A Qwen/Qwen3-VL-Embedding-* style folder: config, model.safetensors, tokenizer, chat template.
+    tied=False: an instruct model's layout (4B/8B), with its own lm_head.weight."""
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     folder.mkdir(parents=True, exist_ok=True)
     ids = write_vl_tokenizer(folder)
     torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(**vl_config(ids))).float().eval()
+    config = vl_config(ids, tie_word_embeddings=tied) if not tied else vl_config(ids)
+    config["tie_word_embeddings"] = tied
+    model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(**config)).float().eval()
     randomize(model, seed)
     model.save_pretrained(str(folder), safe_serialization=True)
     (folder / "preprocessor_config.json").write_text(json.dumps({
@@ -169,6 +172,12 @@ class Reference:
 @pytest.fixture(scope="session")
 def vl_model(tmp_path_factory) -> Path:
     return make_vl_checkpoint(tmp_path_factory.mktemp("vl") / "Qwen3-VL-Embedding-tiny")
+
+
+@pytest.fixture(scope="session")
+def vl_instruct_model(tmp_path_factory) -> Path:
+    """An instruct model's layout: untied, lm_head.weight in the checkpoint."""
+    return make_vl_checkpoint(tmp_path_factory.mktemp("vl") / "Qwen3-VL-Instruct-tiny", seed=1, tied=False)
 
 
 @pytest.fixture(scope="session")
