@@ -152,3 +152,37 @@ def preprocess(image: Image.Image, min_pixels: int = MIN_PIXELS, max_pixels: int
     """RGB PIL image -> Patches: resized, normalised, duplicated into TEMPORAL frames."""
     pixels = np.asarray(resize(image, min_pixels, max_pixels))
     return patchify(np.broadcast_to(pixels, (TEMPORAL, *pixels.shape)))
+
+
+# The recipe's video constants (Qwen3-VL-Embedding + qwen-vl-utils, frames given as a list)
+MAX_FRAMES = 64                             # more frames are sampled evenly down to this many
+FRAME_FPS = 2.0                             # a frame list is taken as sampled at 2 fps (for the timestamps)
+FRAME_MIN_PIXELS = 4 * (2 * FACTOR) ** 2    # first resize: multiples of 64 px, at least 16,384 px
+FRAME_MAX_PIXELS = 16384 * (2 * FACTOR) ** 2
+VIDEO_MIN_PIXELS = 128 * FACTOR * FACTOR    # second resize: multiples of 32 px, 128 to 768 LLM tokens a frame
+VIDEO_MAX_PIXELS = 768 * FACTOR * FACTOR
+VIDEO_TOTAL_PIXELS = 10 * VIDEO_MAX_PIXELS  # shared by all frames of a video
+
+
+def preprocess_video(frames: list) -> tuple[Patches, list[float]]:
+    """RGB PIL frames (all the same size) -> Patches (t = frames / 2) and each temporal patch's timestamp (s).
+
+    As the recipe treats a frame list: at most MAX_FRAMES, sampled evenly; each resized to multiples of 64 px;
+    padded to an even count with the last frame; all resized to multiples of 32 px within the per-frame budget.
+    The second resize is PIL's bicubic where the recipe uses torchvision's antialiased bicubic (not installable
+    beside the CPU torch here); it is the identity whenever the first resize already fits, as for most sizes."""
+    if len(frames) > MAX_FRAMES:
+        frames = [frames[i] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES, dtype=int)]
+    frames = [resize(f, FRAME_MIN_PIXELS, FRAME_MAX_PIXELS, 2 * FACTOR) for f in frames]
+    if len({f.size for f in frames}) > 1:
+        raise ImageError(f"video frames must all have one size, got {sorted({f.size for f in frames})}")
+    frames += frames[-1:] * (len(frames) % TEMPORAL)
+    n = len(frames)
+    width, height = frames[0].size
+    max_pixels = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / n * TEMPORAL), int(VIDEO_MIN_PIXELS * 1.05))
+    h, w = smart_resize(height, width, FACTOR, VIDEO_MIN_PIXELS, max_pixels)
+    if (h, w) != (height, width):
+        frames = [f.resize((w, h), Image.Resampling.BICUBIC) for f in frames]
+    seconds = [i / FRAME_FPS for i in range(n)]
+    stamps = [(seconds[i] + seconds[i + TEMPORAL - 1]) / 2 for i in range(0, n, TEMPORAL)]
+    return patchify(np.stack([np.asarray(f) for f in frames])), stamps

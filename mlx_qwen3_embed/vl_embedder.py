@@ -26,7 +26,7 @@ from .weights import resolve
 
 DEFAULT_VL_INSTRUCTION = "Represent the user's input."
 MAX_LENGTH = 8192  # the recipe's
-ITEM_KEYS = ("text", "image", "instruction")
+ITEM_KEYS = ("text", "image", "video", "instruction")
 PAD = "<|endoftext|>"
 
 
@@ -77,8 +77,9 @@ class VLEmbedder:
         """Items -> float32 vectors: one item gives (dim,), a list of N items gives (N, dim).
 
         An item is a str (text) or a dict with "text", "image" (a path, data URL, bytes, PIL image or uint8
-        (H, W, 3) array, or a list of them) and an optional "instruction" (default: the `instruction` argument,
-        else "Represent the user's input."). dim: Matryoshka size (first `dim` values, then normalised).
+        (H, W, 3) array, or a list of them), "video" (a list of frames, each as an image) and an optional
+        "instruction" (default: the `instruction` argument, else "Represent the user's input.").
+        dim: Matryoshka size (first `dim` values, then normalised).
         """
         single = isinstance(items, (str, dict))
         batch = [items] if single else _check_items(items)
@@ -108,9 +109,9 @@ class VLEmbedder:
         unknown = sorted(set(item) - set(ITEM_KEYS))
         if unknown:
             raise ValueError(f"item {index} has unknown key {unknown[0]!r}: use {', '.join(ITEM_KEYS)}")
-        text, image = item.get("text"), item.get("image")
-        if text is None and image is None:
-            raise ValueError(f"item {index} has none of text and image: give at least one")
+        text, image, video = item.get("text"), item.get("image"), item.get("video")
+        if text is None and image is None and video is None:
+            raise ValueError(f"item {index} has none of text, image and video: give at least one")
         if text is not None and not isinstance(text, str):
             raise TypeError(f"item {index}'s text must be a str, got {type(text).__name__}")
         own = item.get("instruction", instruction)
@@ -119,14 +120,19 @@ class VLEmbedder:
         sources = [] if image is None else image if isinstance(image, (list, tuple)) else [image]
         if image is not None and not sources:
             raise ValueError(f"item {index} has an empty list of images")
-        visuals = []
+        visuals, vision = [], ""
+        if video is not None:
+            patches, stamps = self._video(video, index)
+            visuals.append(patches)
+            # the recipe's transformers (4.57) puts each temporal patch in its own vision block after its time
+            vision = "".join(f"<{s:.1f} seconds><|vision_start|><|video_pad|><|vision_end|>" for s in stamps)
         for source in sources:
             try:
                 rgb = _images.open_image(source, self.max_image_pixels)
                 visuals.append(_images.preprocess(rgb, self.min_pixels, self.max_pixels))
             except (ValueError, TypeError, FileNotFoundError) as e:
                 raise type(e)(f"item {index}: {e}") from None
-        vision = "<|vision_start|><|image_pad|><|vision_end|>" * len(visuals)
+        vision += "<|vision_start|><|image_pad|><|vision_end|>" * len(sources)  # the user turn: video, images, text
         head = (f"<|im_start|>system\n{format_instruction(own)}<|im_end|>\n<|im_start|>user\n{vision}")
         tail = "<|im_end|>\n<|im_start|>assistant\n"
         ids = self._encode(head) + self._encode_text(text or "", index) + self._encode(tail)
@@ -135,6 +141,20 @@ class VLEmbedder:
             raise ValueError(f"item {index} has {len(ids)} tokens, more than max_length {self.max_length}: "
                              "shorten its text or use smaller images")
         return Prepared(ids, positions, visuals)
+
+    def _video(self, video: Any, index: int):
+        """A list of frames -> (images.Patches, timestamps), errors naming the item."""
+        if isinstance(video, (str, os.PathLike)):
+            raise ValueError(f"item {index}'s video is a file: video files are not decoded here, give its frames "
+                             "as a list of images (e.g. sampled at 2 fps)")
+        if not isinstance(video, (list, tuple)):
+            raise TypeError(f"item {index}'s video must be a list of frames, got {type(video).__name__}")
+        if not video:
+            raise ValueError(f"item {index}'s video has no frames")
+        try:
+            return _images.preprocess_video([_images.open_image(f, self.max_image_pixels) for f in video])
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            raise type(e)(f"item {index}: {e}") from None
 
     def _encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
@@ -150,15 +170,17 @@ class VLEmbedder:
         """Each placeholder -> one token per merged 2x2 patch block; 3-axis rotary positions for all tokens:
         text counts on from the previous maximum + 1, an image's tokens sit at (start, start + row,
         start + column) on the merged grid (Qwen3-VL's get_rope_index)."""
-        out, columns, start, visual = [], [], 0, iter(visuals)
         merge = self.args.vision.spatial_merge_size
+        # one placeholder per image and per temporal patch of a video (each positioned as an image)
+        groups = iter([(1, h, w) for v in visuals for t, h, w in [v.grid] for _ in range(t)])
+        out, columns, start = [], [], 0
         for token in ids:
-            if token != self.args.image_token_id:
+            if token not in (self.args.image_token_id, self.args.video_token_id):
                 out.append(token)
                 columns.append(np.full((3, 1), start))
                 start += 1
                 continue
-            t, h, w = next(visual).grid
+            t, h, w = next(groups)
             gh, gw = h // merge, w // merge
             out.extend([token] * (t * gh * gw))
             time = np.repeat(np.arange(t), gh * gw)

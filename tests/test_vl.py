@@ -146,7 +146,7 @@ def test_bad_items_name_their_index(embedder, tmp_path, pictures):
         ({"text": "x", "image": str(tmp_path / "missing.png")}, FileNotFoundError, "no image file"),
         ({"image": str(tmp_path / "notes.txt")}, ValueError, "not a readable image"),
         ({"image": str(tmp_path / "broken.png")}, ValueError, "not a readable image"),
-        ({"instruction": "only this"}, ValueError, "none of text and image"),
+        ({"instruction": "only this"}, ValueError, "none of text, image and video"),
         ({"txt": "typo"}, ValueError, "unknown key 'txt'"),
         ({"image": np.zeros((8, 8), dtype=np.float32)}, ValueError, "uint8"),
         ({"image": "https://example.com/a.png"}, ValueError, "not fetched"),
@@ -215,3 +215,50 @@ def test_pooling_and_layer_equal_transformers_hidden_states(vl_instruct_model, i
         ref = hidden[torch.arange(len(items)), lengths - 1]
     ours = mqe.load(str(vl_instruct_model), pooling=pooling, layer=layer).embed(items)
     assert cosines(ours, ref.numpy()).min() >= COSINE
+
+
+# ------------------------------------------------------------------------------------------ video
+
+@pytest.fixture(scope="module")
+def frames() -> list:
+    return [picture(90, 120, 10 + i) for i in range(5)]
+
+
+def test_video_preprocessing_follows_the_recipe(frames):
+    """5 frames of 90x120: to multiples of 64 with >= 16,384 px (128x192), padded to 6, then to multiples of
+    32 with >= 128x32^2 px (320x448); 3 temporal patches stamped at the middle of their 2 frames at 2 fps."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    patches, stamps = images.preprocess_video(frames)
+    h, w = smart_resize(90, 120, 64, 4 * 64 * 64, 16384 * 64 * 64)
+    h, w = smart_resize(h, w, 32, 128 * 32 * 32, 768 * 32 * 32)
+    assert patches.grid == (3, h // 16, w // 16) and stamps == [0.25, 1.25, 2.25]
+    assert patches.pixels.shape == (3 * (h // 16) * (w // 16), 3 * 2 * 16 * 16)
+    # the last temporal patch holds frame 4 twice (the padding repeats the last frame)
+    last = patches.pixels[-(h // 16) * (w // 16):].reshape(-1, 3, 2, 256)
+    np.testing.assert_array_equal(last[:, :, 0], last[:, :, 1])
+
+
+def test_many_frames_are_sampled_down(frames):
+    patches, stamps = images.preprocess_video(frames * 20)
+    assert patches.grid[0] == images.MAX_FRAMES // 2 and len(stamps) == images.MAX_FRAMES // 2
+
+
+def test_video_equals_reference(embedder, vl_reference, frames, pictures):
+    """transformers' model fed our pixel_values_videos / video_grid_thw and the recipe's timestamped prompt."""
+    patches, _ = images.preprocess_video(frames)
+    items = [{"video": frames}, {"video": frames, "image": pictures["square"], "text": "a clip"}]
+    ref = vl_reference.embed([{"videos": [patches]}, {"videos": [patches], "images": [pictures["square"]],
+                                                       "text": "a clip"}])
+    assert cosines(embedder.embed(items), ref).min() >= COSINE
+    alone = np.stack([embedder.embed(item) for item in items])
+    assert cosines(alone, ref).min() >= COSINE
+
+
+def test_bad_videos_name_their_index(embedder, tmp_path):
+    for video, error, words in [([], ValueError, "video has no frames"),
+                                (str(tmp_path / "clip.mp4"), ValueError, "video files are not decoded"),
+                                ([picture(64, 64, 0), picture(128, 64, 1)], ValueError, "one size"),
+                                ([b"not an image"], ValueError, "not a readable image")]:
+        with pytest.raises(error, match=rf"item 1.*{words}"):
+            embedder.embed(["fine", {"video": video}])

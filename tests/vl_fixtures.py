@@ -123,23 +123,43 @@ class Reference:
         if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
             instruction += "."
         instruction = instruction or "Represent the user's input."
-        content = [{"type": "image"} for _ in item.get("images", [])]
+        content = [{"type": "video"} for _ in item.get("videos", [])]
+        content += [{"type": "image"} for _ in item.get("images", [])]
         if item.get("text") is not None:
             content.append({"type": "text", "text": item["text"]})
         return [{"role": "system", "content": [{"type": "text", "text": instruction}]},
                 {"role": "user", "content": content}]
 
     def inputs(self, items: list[dict]) -> dict:
-        """items [{"text": ..., "images": [PIL, ...], "instruction": ...}] -> the model's keyword arguments."""
+        """items [{"text": ..., "images": [PIL, ...], "videos": [Patches], "instruction": ...}] -> the model's
+        keyword arguments. Videos come preprocessed (the video processor needs torchvision): their placeholders
+        are expanded as the recipe's transformers 4.57 Qwen3VLProcessor did, timestamps at 2 fps."""
         import torch
+        from transformers import Qwen3VLProcessor
 
         texts = [self.tokenizer.apply_chat_template(self.conversation(i), add_generation_prompt=True,
                                                     tokenize=False) for i in items]
         pil = [img for i in items for img in i.get("images", [])]
         kwargs = {}
+        videos = [v for i in items for v in i.get("videos", [])]
+        if videos:
+            kwargs["pixel_values_videos"] = torch.from_numpy(np.concatenate([v.pixels for v in videos]))
+            kwargs["video_grid_thw"] = torch.tensor([list(v.grid) for v in videos])
+            queue = iter(videos)
+            expanded = []
+            for text in texts:
+                while "<|vision_start|><|video_pad|><|vision_end|>" in text:
+                    v = next(queue)
+                    t, h, w = v.grid
+                    stamps = Qwen3VLProcessor._calculate_timestamps(None, list(range(2 * t)), 2.0, 2)
+                    placeholder = "".join(f"<{s:.1f} seconds><|vision_start|>" + "<|video_pad|>" * (h * w // 4)
+                                          + "<|vision_end|>" for s in stamps)
+                    text = text.replace("<|vision_start|><|video_pad|><|vision_end|>", placeholder, 1)
+                expanded.append(text)
+            texts = expanded
         if pil:
             processed = self.image_processor(images=pil, return_tensors="pt")
-            kwargs = {"pixel_values": processed["pixel_values"], "image_grid_thw": processed["image_grid_thw"]}
+            kwargs |= {"pixel_values": processed["pixel_values"], "image_grid_thw": processed["image_grid_thw"]}
             grids = iter(processed["image_grid_thw"].tolist())
             # the processor's placeholder expansion: one <|image_pad|> per merged 2x2 patch block
             expanded = []
