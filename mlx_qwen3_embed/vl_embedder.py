@@ -83,11 +83,17 @@ class VLEmbedder:
         """
         single = isinstance(items, (str, dict))
         batch = [items] if single else _check_items(items)
-        dim = self._check_dim(dim)
-        check_batch_tokens(batch_tokens)
         if instruction is not None and not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
         prepared = [self.prepare(item, i, instruction) for i, item in enumerate(batch)]
+        vectors = self.embed_prepared(prepared, dim=dim, normalize=normalize, batch_tokens=batch_tokens)
+        return vectors[0] if single else vectors
+
+    def embed_prepared(self, prepared: list[Prepared], *, dim: Optional[int] = None, normalize: bool = True,
+                       batch_tokens: Optional[int] = None) -> np.ndarray:
+        """Items already through `prepare` (their token counts known: len(p.ids)) -> (N, dim) float32."""
+        dim = self._check_dim(dim)
+        check_batch_tokens(batch_tokens)
         vectors = np.empty((len(prepared), dim), dtype=np.float32)
         for group in plan_batches([len(p.ids) for p in prepared], batch_tokens or self.device.batch_tokens):
             with mx.stream(self.device.stream):
@@ -98,7 +104,7 @@ class VLEmbedder:
         if not np.isfinite(vectors).all():
             raise FloatingPointError(f"{self.name} produced non-finite vectors (dtype {self.device.dtype}): "
                                      "load with dtype='float32'")
-        return vectors[0] if single else vectors
+        return vectors
 
     def prepare(self, item: Any, index: int = 0, instruction: Optional[str] = None) -> Prepared:
         """One item -> its token ids, rotary positions and pixels (the recipe's prompt). Errors name `index`."""
