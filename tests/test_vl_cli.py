@@ -66,3 +66,36 @@ def test_bad_image_is_one_error_line(runner, vl_model, tmp_path):
 def test_image_with_a_text_model_is_one_error_line(runner, hub_model, files):
     result = runner.invoke(app, ["embed", "--model", str(hub_model), "--image", files["a.png"]])
     assert result.exit_code == 1 and "need a Qwen3-VL model" in result.stderr
+
+
+def test_convert_quantizes_decoder_and_keeps_vision_at_8_bits(runner, vl_model, tmp_path, files):
+    from safetensors import safe_open
+
+    dst = tmp_path / "q"
+    result = runner.invoke(app, ["convert", str(vl_model), str(dst), "--bits", "4", "--group-size", "32",
+                                 "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((dst / "config.json").read_text())
+    assert config["quantization"]["bits"] == 4
+    assert config["quantization"]["model.visual.blocks.0.attn.qkv"]["bits"] == 8
+    with safe_open(str(dst / "model.safetensors"), "np") as f:
+        keys = set(f.keys())
+    assert "model.language_model.layers.0.mlp.up_proj.scales" in keys and "model.visual.merger.linear_fc1.scales" in keys
+    assert "model.visual.pos_embed.weight" in keys and "model.visual.pos_embed.scales" not in keys
+    items = ["a text", {"image": files["a.png"], "text": "caption"}]
+    full = mqe.load(str(vl_model)).embed(items)
+    for dequantize in (True, False):  # dequantized (CPU default) and quantized matmuls (Metal default)
+        vectors = mqe.load(str(dst), dequantize=dequantize).embed(items)
+        assert np.isfinite(vectors).all() and ((vectors * full).sum(-1) > 0.9).all()
+
+
+def test_convert_vision_float_and_refusals(runner, vl_model, tmp_path):
+    result = runner.invoke(app, ["convert", str(vl_model), str(tmp_path / "f"), "--group-size", "32",
+                                 "--vision-bits", "0"])
+    assert result.exit_code == 0, result.output
+    assert not any(k.startswith("model.visual") for k in json.loads((tmp_path / "f" / "config.json").read_text())
+                   ["quantization"])
+    result = runner.invoke(app, ["convert", str(vl_model), str(tmp_path / "g"), "--dwq"])
+    assert result.exit_code == 1 and "Qwen3-VL takes --bits" in result.stderr and not (tmp_path / "g").exists()
+    result = runner.invoke(app, ["convert", str(vl_model), str(tmp_path / "f")])
+    assert result.exit_code == 1 and "already exists" in result.stderr
