@@ -44,16 +44,16 @@ def write_vl_tokenizer(folder: Path) -> dict:
     return {name: tok.token_to_id(name) for name in VL_SPECIAL} | {"size": tok.get_vocab_size()}
 
 
-def vl_config(ids: dict, **text_overrides) -> dict:
+def vl_config(ids: dict, vision_overrides: dict | None = None, **text_overrides) -> dict:
     text = dict(model_type="qwen3_vl_text", hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, hidden_act="silu",
                 max_position_embeddings=8192, vocab_size=ids["size"] + EXTRA_ROWS, attention_bias=False,
                 rope_scaling={"rope_type": "default", "mrope_interleaved": True, "mrope_section": [2, 3, 3]},
-                rope_theta=5_000_000.0, dtype="float32", **{"tie_word_embeddings": True, **text_overrides})
+                rope_theta=5_000_000.0, dtype="float32", tie_word_embeddings=True) | text_overrides
     vision = dict(model_type="qwen3_vl", depth=3, hidden_size=32, intermediate_size=64, num_heads=2,
                   out_hidden_size=64, hidden_act="gelu_pytorch_tanh", patch_size=16, temporal_patch_size=2,
                   spatial_merge_size=2, in_channels=3, num_position_embeddings=2304,
-                  deepstack_visual_indexes=[0, 1])
+                  deepstack_visual_indexes=[0, 1]) | (vision_overrides or {})
     return {"architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",
             "text_config": text, "vision_config": vision, "tie_word_embeddings": True, "dtype": "float32",
             "image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
@@ -79,7 +79,8 @@ def randomize(model, seed: int = 0) -> None:
             p.copy_(torch.from_numpy(value.astype(np.float32)))
 
 
-def make_vl_checkpoint(folder: Path, seed: int = 0, tied: bool = True) -> Path:
+def make_vl_checkpoint(folder: Path, seed: int = 0, tied: bool = True, vision_overrides: dict | None = None,
+                       **text_overrides) -> Path:
     """A Qwen/Qwen3-VL-Embedding-* style folder: config, model.safetensors, tokenizer, chat template.
     tied=False: an instruct model's layout (4B/8B), with its own lm_head.weight."""
     import torch
@@ -88,7 +89,7 @@ def make_vl_checkpoint(folder: Path, seed: int = 0, tied: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     ids = write_vl_tokenizer(folder)
     torch.manual_seed(seed)
-    config = vl_config(ids, tie_word_embeddings=tied) if not tied else vl_config(ids)
+    config = vl_config(ids, vision_overrides, **{"tie_word_embeddings": tied, **text_overrides})
     config["tie_word_embeddings"] = tied
     model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(**config)).float().eval()
     randomize(model, seed)

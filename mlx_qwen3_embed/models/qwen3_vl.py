@@ -96,9 +96,20 @@ class PatchEmbed(nn.Module):
         return x @ weight.reshape(weight.shape[0], -1).T + self.proj.bias
 
 
+def full_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, kernels: Kernels) -> mx.array:
+    """Bidirectional attention, q, k, v (1, H, n, hd) -> (1, H, n, hd): MLX's fused kernel, or with host_exp the
+    softmax written out so its exp runs in numpy (MLX's CPU exp is scalar on x86, see device.py)."""
+    if not kernels.host_exp:
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+    scores = (q * scale) @ k.swapaxes(-1, -2)
+    weights = kernels.exp(scores - scores.max(axis=-1, keepdims=True))
+    return (weights / weights.sum(axis=-1, keepdims=True)) @ v
+
+
 class VisionAttention(nn.Module):
-    def __init__(self, args: VisionArgs):
+    def __init__(self, args: VisionArgs, kernels: Kernels = Kernels()):
         super().__init__()
+        self.kernels = kernels
         self.num_heads = args.num_heads
         self.scale = (args.hidden_size // args.num_heads) ** -0.5
         self.qkv = nn.Linear(args.hidden_size, 3 * args.hidden_size, bias=True)
@@ -110,29 +121,34 @@ class VisionAttention(nn.Module):
         q, k, v = self.qkv(x).reshape(N, 3, self.num_heads, -1).transpose(1, 2, 0, 3)  # 3 x (H, N, hd)
         q = (q * cos + rotate_half(q) * sin).astype(x.dtype)
         k = (k * cos + rotate_half(k) * sin).astype(x.dtype)
-        out = [mx.fast.scaled_dot_product_attention(q[None, :, s:e], k[None, :, s:e], v[None, :, s:e],
-                                                    scale=self.scale)[0] for s, e in bounds]
+        out = [full_attention(q[None, :, s:e], k[None, :, s:e], v[None, :, s:e], self.scale, self.kernels)[0]
+               for s, e in bounds]
         out = out[0] if len(out) == 1 else mx.concatenate(out, axis=1)
         return self.proj(out.transpose(1, 0, 2).reshape(N, D))
 
 
 class VisionMLP(nn.Module):
-    def __init__(self, args: VisionArgs):
+    def __init__(self, args: VisionArgs, kernels: Kernels = Kernels()):
         super().__init__()
+        self.kernels = kernels
         self.linear_fc1 = nn.Linear(args.hidden_size, args.intermediate_size, bias=True)
         self.linear_fc2 = nn.Linear(args.intermediate_size, args.hidden_size, bias=True)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.linear_fc2(nn.gelu_approx(self.linear_fc1(x)))  # config's gelu_pytorch_tanh
+        x = self.linear_fc1(x)
+        # the config's gelu_pytorch_tanh, 0.5 x (1 + tanh(z)), written as x / (1 + exp(-2z)): the same function,
+        # with an exp that can run in numpy (MLX's CPU tanh and exp are scalar on x86: 8x slower here)
+        z = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        return self.linear_fc2(x / (1 + self.kernels.exp(-2 * z)))
 
 
 class VisionBlock(nn.Module):
-    def __init__(self, args: VisionArgs):
+    def __init__(self, args: VisionArgs, kernels: Kernels = Kernels()):
         super().__init__()
         self.norm1 = nn.LayerNorm(args.hidden_size, eps=1e-6)
         self.norm2 = nn.LayerNorm(args.hidden_size, eps=1e-6)
-        self.attn = VisionAttention(args)
-        self.mlp = VisionMLP(args)
+        self.attn = VisionAttention(args, kernels)
+        self.mlp = VisionMLP(args, kernels)
 
     def __call__(self, x: mx.array, cos: mx.array, sin: mx.array, bounds: list) -> mx.array:
         x = x + self.attn(self.norm1(x), cos, sin, bounds)
@@ -160,12 +176,12 @@ class PatchMerger(nn.Module):
 class Vision(nn.Module):
     """Attribute names are the checkpoint's keys under `model.visual.`."""
 
-    def __init__(self, args: VisionArgs):
+    def __init__(self, args: VisionArgs, kernels: Kernels = Kernels()):
         super().__init__()
         self.args = args
         self.patch_embed = PatchEmbed(args)
         self.pos_embed = nn.Embedding(args.num_position_embeddings, args.hidden_size)
-        self.blocks = [VisionBlock(args) for _ in range(args.depth)]
+        self.blocks = [VisionBlock(args, kernels) for _ in range(args.depth)]
         self.merger = PatchMerger(args, postshuffle=False)
         self.deepstack_merger_list = [PatchMerger(args, postshuffle=True) for _ in args.deepstack_visual_indexes]
 
@@ -284,7 +300,7 @@ class Qwen3VL(nn.Module):
     def __init__(self, args: VLArgs, kernels: Kernels = Kernels()):
         super().__init__()
         self.args = args
-        self.visual = Vision(args.vision)
+        self.visual = Vision(args.vision, kernels)
         self.language_model = TextModel(args.text, kernels)
 
     def rotary(self, positions: np.ndarray) -> tuple[mx.array, mx.array]:
