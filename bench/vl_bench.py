@@ -13,6 +13,7 @@ downloaded here); fewer layers scale both systems' time alike, the widths (and s
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -43,6 +44,16 @@ def main():
     if env is not None:  # OpenBLAS for MLX's CPU matmuls, as the CLI does
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
+    depth = a.vision_layers
+    deepstack = sorted({depth * k // 4 for k in (1, 2, 3)} - {depth})[: a.text_layers]
+    workdir = Path(tempfile.mkdtemp(prefix="vl_bench_"))
+    try:
+        run(a, workdir, deepstack)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # gigabytes of random weights
+
+
+def run(a, workdir: Path, deepstack: list):
     import numpy as np
     import torch
     from PIL import Image
@@ -51,8 +62,6 @@ def main():
     from vl_fixtures import Reference, make_vl_checkpoint
 
     depth = a.vision_layers
-    deepstack = sorted({depth * k // 4 for k in (1, 2, 3)} - {depth})[: a.text_layers]
-    workdir = Path(tempfile.mkdtemp(prefix="vl_bench_"))
     folder = make_vl_checkpoint(workdir / "Qwen3-VL-Embedding-2B-shape", num_hidden_layers=a.text_layers,
                                 intermediate_size=TEXT_2B["intermediate_size"],
                                 vision_overrides={**VISION_2B, "depth": depth, "deepstack_visual_indexes": deepstack},

@@ -22,7 +22,6 @@ from .batching import plan_batches
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3_vl import MRows, Qwen3VL, VLArgs
 from .vl_loading import load_vl_model
-from .weights import resolve
 
 DEFAULT_VL_INSTRUCTION = "Represent the user's input."
 MAX_LENGTH = 8192  # the recipe's
@@ -44,6 +43,9 @@ class Prepared:
     ids: list                      # token ids, vision placeholders expanded
     positions: np.ndarray          # (3, len(ids)) time/height/width rotary positions
     visuals: list = field(default_factory=list)  # images.Patches in the order their tokens appear
+
+    def __len__(self) -> int:  # tokens, as for a list of ids (the server's worker counts them so)
+        return len(self.ids)
 
 
 class VLEmbedder:
@@ -105,6 +107,11 @@ class VLEmbedder:
             raise FloatingPointError(f"{self.name} produced non-finite vectors (dtype {self.device.dtype}): "
                                      "load with dtype='float32'")
         return vectors
+
+    def embed_ids(self, prepared: list[Prepared], *, normalize: bool = True,
+                  batch_tokens: Optional[int] = None) -> np.ndarray:
+        """The server worker's call (Embedder.embed_ids for text models): prepared items -> (N, dim)."""
+        return self.embed_prepared(prepared, normalize=normalize, batch_tokens=batch_tokens)
 
     def prepare(self, item: Any, index: int = 0, instruction: Optional[str] = None) -> Prepared:
         """One item -> its token ids, rotary positions and pixels (the recipe's prompt). Errors name `index`."""
