@@ -22,7 +22,20 @@ def read_vl_config(folder: Path) -> VLArgs:
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in {folder}: is this a model folder?")
-    return VLArgs.from_dict(json.loads(path.read_text()))
+    config = json.loads(path.read_text())
+    if isinstance(config.get("quantization"), dict):  # mlx-vlm names per-module overrides by its own keys
+        config["quantization"] = {_hub_key(k): v for k, v in config["quantization"].items()}
+    return VLArgs.from_dict(config)
+
+
+def _hub_key(key: str) -> str:
+    """An mlx-vlm module path -> the hub's (`language_model.model.` -> `model.language_model.`,
+    `vision_tower.` -> `model.visual.`)."""
+    if key.startswith("language_model.model."):
+        return "model.language_model." + key.removeprefix("language_model.model.")
+    if key.startswith("vision_tower."):
+        return "model.visual." + key.removeprefix("vision_tower.")
+    return key
 
 
 def clean_keys(tensors: dict[str, mx.array]) -> dict[str, mx.array]:

@@ -99,3 +99,30 @@ def test_convert_vision_float_and_refusals(runner, vl_model, tmp_path):
     assert result.exit_code == 1 and "Qwen3-VL takes --bits" in result.stderr and not (tmp_path / "g").exists()
     result = runner.invoke(app, ["convert", str(vl_model), str(tmp_path / "f")])
     assert result.exit_code == 1 and "already exists" in result.stderr
+
+
+def test_mlx_vlm_layout_loads(vl_model, tmp_path, files):
+    """mlx-vlm's key names (its sanitize(): `language_model.model.*`, `vision_tower.*`, `language_model.lm_head`,
+    Conv3d in MLX's layout) and its per-module overrides load to the same vectors as the hub layout."""
+    import mlx.core as mx
+
+    from mlx_qwen3_embed.vl_quantize import convert_vl
+
+    hub = tmp_path / "hub"
+    convert_vl(str(vl_model), str(hub), bits=4, group_size=32, vision_bits=8, dtype="float32")
+    vlm = tmp_path / "vlm"
+    vlm.mkdir()
+    for f in hub.iterdir():
+        if f.suffix != ".safetensors":
+            (vlm / f.name).write_bytes(f.read_bytes())
+    renamed = {}
+    for key, value in mx.load(str(hub / "model.safetensors")).items():
+        key = key.replace("model.language_model.", "language_model.model.").replace("model.visual.", "vision_tower.")
+        renamed[key] = value
+    renamed["language_model.lm_head.weight"] = renamed["language_model.model.embed_tokens.weight"]
+    mx.save_safetensors(str(vlm / "model.safetensors"), renamed)
+    config = json.loads((hub / "config.json").read_text())
+    config["quantization"] = {k.replace("model.visual.", "vision_tower."): v for k, v in config["quantization"].items()}
+    (vlm / "config.json").write_text(json.dumps(config))
+    items = ["text", {"image": files["a.png"]}]
+    np.testing.assert_allclose(mqe.load(str(vlm)).embed(items), mqe.load(str(hub)).embed(items), atol=1e-6)
