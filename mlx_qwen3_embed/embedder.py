@@ -185,9 +185,14 @@ class Embedder:
 def _check_texts(texts: Texts) -> list[str]:
     if isinstance(texts, str):
         return [texts]
+    if isinstance(texts, dict):
+        texts = [texts]  # an item dict: the check below names it
     if texts is None or isinstance(texts, bytes) or not isinstance(texts, Sequence):
         raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
     for i, t in enumerate(texts):
+        if isinstance(t, dict):
+            raise TypeError(f"texts[{i}] is a dict (an image or mixed item?): this is a text-only Qwen3 model; "
+                            "load a Qwen3-VL model (e.g. Qwen/Qwen3-VL-Embedding-2B) to embed images")
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
     return list(texts)
@@ -204,14 +209,26 @@ def _default_max_length(folder: Path, args: ModelArgs) -> int:
 
 def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
          dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None, max_length: Optional[int] = None,
-         pooling: str = "last", revision: Optional[str] = None, cache_size: int = 0) -> Embedder:
+         pooling: str = "last", revision: Optional[str] = None, cache_size: int = 0,
+         layer: Optional[int] = None) -> Embedder:
     """A local folder or hub id -> Embedder. Device choices (dtype, dequantize, batch_tokens) default per device.
 
     cache_size: keep the vectors of the last N distinct inputs (exact token ids + options) and reuse them.
+    A Qwen3-VL checkpoint (model_type qwen3_vl) gives a vl_embedder.VLEmbedder, which also embeds images;
+    `layer` (which hidden state to pool) is for those only.
     """
     _pooling.check(pooling)
     cache = VectorCache(cache_size) if cache_size else None
     folder = resolve(model, revision)
+    from .vl_loading import model_type
+    if model_type(folder) == "qwen3_vl":
+        if cache_size:
+            raise ValueError("cache_size is for Qwen3 text models; Qwen3-VL items are not cached")
+        from .vl_embedder import load_vl
+        return load_vl(folder, name=str(model), device=device, dtype=dtype, dequantize=dequantize,
+                       batch_tokens=batch_tokens, max_length=max_length, pooling=pooling, layer=layer)
+    if layer is not None:
+        raise ValueError(f"layer= is for Qwen3-VL models; {model} is a Qwen3 text model (it pools the final layer)")
     if model_kind(folder) == "reranker":
         raise ValueError(f"{model} holds a reranker (Qwen3-Reranker), not an embedding model: load it with "
                          "mlx_qwen3_embed.load_reranker, or give a Qwen3-Embedding folder")

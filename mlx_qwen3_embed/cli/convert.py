@@ -23,9 +23,22 @@ def convert(
     lr: float = typer.Option(1e-3, help="--dwq learning rate, in units of each layer's quantization step."),
     batch_tokens: int = typer.Option(2048, help="--dwq padded tokens per training step."),
     checkpoint: bool = typer.Option(False, help="--dwq: recompute blocks in the backward pass (less memory: 4B/8B)."),
+    vision_bits: int = typer.Option(8, help="Qwen3-VL: bits of the vision tower (0: keep it float)."),
 ):
-    """Quantize original Qwen3-Embedding weights into a folder that mlx-lm and this package load."""
+    """Quantize original Qwen3-Embedding (or Qwen3-VL) weights into a folder that this package loads."""
     from .. import quantize
+    from .vl_items import is_vl
+
+    if is_vl(src):  # Qwen3-VL (vl_quantize.py): no recipes or DWQ yet
+        if recipe is not None or dwq:
+            raise ValueError("--recipe and --dwq are for Qwen3 text models; Qwen3-VL takes --bits and --vision-bits")
+        from ..vl_quantize import convert_vl
+
+        result = convert_vl(src, dst, bits=bits, group_size=group_size, vision_bits=vision_bits or None, dtype=dtype)
+        typer.echo(f"wrote {result['path']}: {result['size_bytes'] / 2**20:.1f} MiB "
+                   f"({result['quantization']['bits']}-bit decoder, vision tower "
+                   f"{f'{vision_bits}-bit' if vision_bits else 'float'}, group size {group_size})")
+        return
 
     def progress(step: int, loss: float):
         if step % 10 == 0 or step == steps:

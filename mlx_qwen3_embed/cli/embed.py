@@ -49,8 +49,14 @@ def embed(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished --output."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress",
                                          help="Progress on stderr (default: when stderr is a terminal)."),
+    # Qwen3-VL models (cli/vl_items.py): image items, and --file lines {"text", "image", "video"}
+    image: list[str] | None = typer.Option(None, "--image", help="An image file to embed, one item each "
+                                           "(Qwen3-VL models); repeatable."),
+    text: str | None = typer.Option(None, "--text", help="The text that goes with each --image."),
+    layer: int | None = typer.Option(None, help="Qwen3-VL: the hidden state to pool (default: the final one)."),
 ):
-    """Embed texts; print one JSON line per text: {"index", "embedding", "tokens"}.
+    """Embed texts (or, with a Qwen3-VL model, images and mixed items); print one JSON line per item:
+    {"index", "embedding", "tokens"}.
 
     With --file F (txt, jsonl or parquet) and --output O (npy, jsonl or parquet) it is a corpus job: streamed in
     windows, written as it goes beside O, resumable by running the same command again; under `mlx.launch` the
@@ -59,6 +65,19 @@ def embed(
     import numpy as np
 
     from .. import load
+    from .vl_items import embed_items, is_vl, read_items
+
+    if image or text is not None or layer is not None or is_vl(model or default_model()):
+        if prompt_name is not None or prompt is not None:
+            raise ValueError("--prompt-name and --prompt are for Qwen3 text models; use --instruction")
+        items = read_items(texts or [], file, image or [], text)
+        embedder = load(model or default_model(), device=device, dtype=dtype, max_length=max_length,
+                        pooling=pooling, layer=layer)
+        if not hasattr(embedder, "embed_prepared"):
+            raise ValueError(f"--image, --text and --layer need a Qwen3-VL model; {model or default_model()} is "
+                             "a Qwen3 text model (try --model Qwen/Qwen3-VL-Embedding-2B)")
+        return embed_items(embedder, items, instruction=instruction, dim=dim, normalize=normalize,
+                           batch_tokens=batch_tokens, output=output, format=output_format(format, output))
 
     if file not in (None, "-") and output is not None and not texts:
         return corpus_job(model, file, output, format, instruction, prompt_name, prompt, dim, normalize, truncate,

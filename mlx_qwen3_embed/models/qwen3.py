@@ -131,19 +131,24 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=args.rms_norm_eps)
         self.rope = nn.RoPE(head_dim, traditional=False, base=args.rope_theta)
 
+    def rotate(self, x: mx.array, rows: Rows, last: bool = False) -> mx.array:
+        """RoPE on x (B, heads, L, hd) at each column, or with `last` on each text's last query (B, heads, 1, hd).
+        The seam for Qwen3-VL, whose tokens carry 3-axis positions instead of their column."""
+        return self.rope(x, offset=rows.positions) if last else self.rope(x)
+
     def __call__(self, x: mx.array, rows: Rows, last: bool = False) -> mx.array:
         """x (T, D) token rows -> (T, D); with `last`, only each text's last token's query: -> (B, D)."""
         T = x.shape[0]
         # RoPE in the padded layout: a token's position is its column there
-        k = self.rope(rows.pad(self.k_norm(self.k_proj(x).reshape(T, self.n_kv_heads, -1))).transpose(0, 2, 1, 3))
+        k = self.rotate(rows.pad(self.k_norm(self.k_proj(x).reshape(T, self.n_kv_heads, -1))).transpose(0, 2, 1, 3), rows)
         v = rows.pad(self.v_proj(x).reshape(T, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
         if not last:
-            q = self.rope(rows.pad(self.q_norm(self.q_proj(x).reshape(T, self.n_heads, -1))).transpose(0, 2, 1, 3))
+            q = self.rotate(rows.pad(self.q_norm(self.q_proj(x).reshape(T, self.n_heads, -1))).transpose(0, 2, 1, 3), rows)
             out = causal_attention(q, k, v, self.scale, self.kernels)
             return self.o_proj(rows.pack(out.transpose(0, 2, 1, 3)).reshape(T, -1))
         B, L = rows.B, rows.L
         q = self.q_norm(self.q_proj(mx.take(x, rows.last, axis=0)).reshape(B, 1, self.n_heads, -1))
-        q = self.rope(q.transpose(0, 2, 1, 3), offset=rows.positions)  # each text's query at its own position
+        q = self.rotate(q.transpose(0, 2, 1, 3), rows, last=True)  # each text's query at its own position
         # one query per text: it sees the keys up to itself, (B, 1, 1, L), never the pads after it
         mask = (mx.arange(L)[None, :] <= rows.positions[:, None]).reshape(B, 1, 1, L)
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)

@@ -47,7 +47,9 @@ def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *
     async def embeddings(body: EmbeddingRequest):
         dim = _check_dimensions(body.dimensions, embedder.dim)
         # a few short texts tokenize in microseconds; only a big request is worth a thread hop off the event loop
-        if _size(body.input) > INLINE_CHARS:
+        if hasattr(embedder, "embed_prepared"):  # Qwen3-VL: items with images (serve/items.py), decoded off the loop
+            sequences = await run_in_threadpool(_prepare_items, embedder, body, max_inputs)
+        elif _size(body.input) > INLINE_CHARS:
             sequences = await run_in_threadpool(_tokenize, embedder, body, max_inputs)
         else:
             sequences = _tokenize(embedder, body, max_inputs)
@@ -109,6 +111,15 @@ def _tokenize(embedder: Embedder, body: EmbeddingRequest, max_inputs: int) -> li
     bad = next(i for i, x in enumerate(data) if not (isinstance(x, str) or _is_ids(x)) or isinstance(x, str) != kind)
     raise ApiError(f"input[{bad}] is {json.dumps(data[bad])[:40]}: every item must be a string, or every item "
                    "a list of token ids (ints), not a mix", "input", "invalid_type")
+
+
+def _prepare_items(embedder, body: EmbeddingRequest, max_inputs: int) -> list:
+    from .items import prepare_items
+
+    if body.prompt_name is not None or body.truncate:
+        raise ApiError("prompt_name and truncate are for Qwen3 text models; use instruction", "prompt_name",
+                       "invalid_value")
+    return prepare_items(embedder, body.input, body.instruction, max_inputs)
 
 
 def _is_ids(x: Any) -> bool:

@@ -1,0 +1,188 @@
+"""Images -> the pixel patches Qwen3-VL reads: decode, RGB, resize to multiples of 32 px, normalise, patchify.
+
+Equal to the official Qwen3-VL-Embedding preprocessing (qwen-vl-utils' fetch_image, then the Qwen2-VL image
+processor with do_resize=False): PIL's bicubic resize of the uint8 RGB image, x / 255, (x - 0.5) / 0.5, each image
+repeated into the two temporal frames of the 3-D patch embedding, patches in 2x2 merge-block order.
+"""
+
+import base64
+import binascii
+import io
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+PATCH = 16            # vision_config.patch_size
+MERGE = 2             # vision_config.spatial_merge_size: 2x2 patches become one LLM token
+TEMPORAL = 2          # vision_config.temporal_patch_size
+FACTOR = PATCH * MERGE
+MIN_PIXELS = 4 * FACTOR * FACTOR       # the recipe's bounds: 4 to 1800 LLM tokens per image
+MAX_PIXELS = 1800 * FACTOR * FACTOR
+MAX_IMAGE_PIXELS = 64_000_000          # decoded-size cap: a larger image is refused before it is decoded
+MEAN = STD = 0.5
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message says why."""
+
+
+@dataclass
+class Patches:
+    """One image or video as the vision tower reads it."""
+    pixels: np.ndarray   # (t * h * w, 3 * TEMPORAL * PATCH * PATCH) float32, rows in merge-block order
+    grid: tuple          # (t, h, w) in patches: t temporal patches of h x w
+
+    @property
+    def tokens(self) -> int:
+        """LLM tokens after the 2x2 merge."""
+        t, h, w = self.grid
+        return t * h * w // (MERGE * MERGE)
+
+
+def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = MIN_PIXELS,
+                 max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) -> the nearest size in multiples of `factor` with min_pixels <= h * w <= max_pixels,
+    keeping the aspect ratio (qwen-vl-utils' rule, which the model was trained with)."""
+    if max(height, width) / min(height, width) > 200:
+        raise ImageError(f"an aspect ratio over 200 is not supported, got {width}x{height} px")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def open_image(source: Any, max_image_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """A path, data URL, bytes, PIL image or uint8 (H, W, 3) array -> an RGB PIL image (RGBA on white).
+
+    Remote URLs are not fetched here (the server does that, when allowed). Raises ImageError (a ValueError) or
+    FileNotFoundError naming the problem."""
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] not in (3, 4):
+            raise ImageError(f"an image array must be uint8 (H, W, 3), got {source.dtype} {source.shape}")
+        image = Image.fromarray(source)
+    elif isinstance(source, (bytes, bytearray)):
+        image = _decode(bytes(source), "the image bytes", max_image_pixels)
+    elif isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        if text.startswith(("http://", "https://")):
+            raise ImageError(f"remote image {text[:80]} is not fetched: download it and give the path or bytes")
+        if text.startswith("data:"):
+            header, _, data = text.partition(",")
+            if not header.startswith("data:image/") or not header.endswith(";base64"):
+                raise ImageError(f"a data URL must be data:image/...;base64,..., got {header[:40]!r}")
+            try:
+                raw = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                raise ImageError("the data URL's base64 payload does not decode") from None
+            image = _decode(raw, "the data URL", max_image_pixels)
+        else:
+            path = text.removeprefix("file://")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"no image file at {path}")
+            with open(path, "rb") as f:
+                image = _decode(f.read(), path, max_image_pixels)
+    else:
+        raise TypeError(f"an image must be a path, data URL, bytes, PIL image or uint8 array, "
+                        f"got {type(source).__name__}")
+    _check_size(image, max_image_pixels)
+    if image.mode == "RGBA":  # transparent parts become white, as in training
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.split()[3])
+        return background
+    return image.convert("RGB")
+
+
+def _decode(raw: bytes, what: str, max_image_pixels: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(raw))
+        _check_size(image, max_image_pixels)  # before decoding the pixels: the header has the size
+        image.load()
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{what} is not a readable image ({type(e).__name__}: {e})") from None
+    return image
+
+
+def _check_size(image: Image.Image, max_image_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_image_pixels:
+        raise ImageError(f"image of {width}x{height} px is over the cap of {max_image_pixels:,} pixels: "
+                         "downscale it first")
+    if width < 1 or height < 1:
+        raise ImageError(f"image of {width}x{height} px is empty")
+
+
+def resize(image: Image.Image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
+           factor: int = FACTOR) -> Image.Image:
+    """RGB image -> resized to smart_resize's size with PIL's bicubic (other filters change the vectors)."""
+    width, height = image.size
+    h, w = smart_resize(height, width, factor, min_pixels, max_pixels)
+    return image.resize((w, h), Image.Resampling.BICUBIC)
+
+
+def patchify(frames: np.ndarray) -> Patches:
+    """frames (F, H, W, 3) uint8, F a multiple of TEMPORAL and H, W of FACTOR -> Patches.
+
+    Each row holds one (channel, frame, y, x) block of 3 x TEMPORAL x PATCH x PATCH values; rows run over
+    temporal patches, then 2x2 merge blocks in raster order, then the 4 patches of a block."""
+    F, H, W, C = frames.shape
+    x = (frames.astype(np.float32) / 255 - MEAN) / STD
+    t, h, w = F // TEMPORAL, H // PATCH, W // PATCH
+    x = x.reshape(t, TEMPORAL, h // MERGE, MERGE, PATCH, w // MERGE, MERGE, PATCH, C)
+    # -> (t, h/2, w/2, 2, 2, C, TEMPORAL, PATCH, PATCH)
+    x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    return Patches(np.ascontiguousarray(x.reshape(t * h * w, C * TEMPORAL * PATCH * PATCH)), (t, h, w))
+
+
+def preprocess(image: Image.Image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> Patches:
+    """RGB PIL image -> Patches: resized, normalised, duplicated into TEMPORAL frames."""
+    pixels = np.asarray(resize(image, min_pixels, max_pixels))
+    return patchify(np.broadcast_to(pixels, (TEMPORAL, *pixels.shape)))
+
+
+# The recipe's video constants (Qwen3-VL-Embedding + qwen-vl-utils, frames given as a list)
+MAX_FRAMES = 64                             # more frames are sampled evenly down to this many
+FRAME_FPS = 2.0                             # a frame list is taken as sampled at 2 fps (for the timestamps)
+FRAME_MIN_PIXELS = 4 * (2 * FACTOR) ** 2    # first resize: multiples of 64 px, at least 16,384 px
+FRAME_MAX_PIXELS = 16384 * (2 * FACTOR) ** 2
+VIDEO_MIN_PIXELS = 128 * FACTOR * FACTOR    # second resize: multiples of 32 px, 128 to 768 LLM tokens a frame
+VIDEO_MAX_PIXELS = 768 * FACTOR * FACTOR
+VIDEO_TOTAL_PIXELS = 10 * VIDEO_MAX_PIXELS  # shared by all frames of a video
+
+
+def preprocess_video(frames: list) -> tuple[Patches, list[float]]:
+    """RGB PIL frames (all the same size) -> Patches (t = frames / 2) and each temporal patch's timestamp (s).
+
+    As the recipe treats a frame list: at most MAX_FRAMES, sampled evenly; each resized to multiples of 64 px;
+    padded to an even count with the last frame; all resized to multiples of 32 px within the per-frame budget.
+    The second resize is PIL's bicubic where the recipe uses torchvision's antialiased bicubic (not installable
+    beside the CPU torch here); it is the identity whenever the first resize already fits, as for most sizes."""
+    if len(frames) > MAX_FRAMES:
+        frames = [frames[i] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES, dtype=int)]
+    frames = [resize(f, FRAME_MIN_PIXELS, FRAME_MAX_PIXELS, 2 * FACTOR) for f in frames]
+    if len({f.size for f in frames}) > 1:
+        raise ImageError(f"video frames must all have one size, got {sorted({f.size for f in frames})}")
+    frames += frames[-1:] * (len(frames) % TEMPORAL)
+    n = len(frames)
+    width, height = frames[0].size
+    max_pixels = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / n * TEMPORAL), int(VIDEO_MIN_PIXELS * 1.05))
+    h, w = smart_resize(height, width, FACTOR, VIDEO_MIN_PIXELS, max_pixels)
+    if (h, w) != (height, width):
+        frames = [f.resize((w, h), Image.Resampling.BICUBIC) for f in frames]
+    seconds = [i / FRAME_FPS for i in range(n)]
+    stamps = [(seconds[i] + seconds[i + TEMPORAL - 1]) / 2 for i in range(0, n, TEMPORAL)]
+    return patchify(np.stack([np.asarray(f) for f in frames])), stamps

@@ -1,0 +1,269 @@
+"""VLEmbedder: text, image and mixed items -> float32 unit vectors with Qwen3-VL-Embedding (or, pooled from
+their hidden states, a Qwen3-VL instruct model). The one place the prompt, pixels, batching and model meet.
+
+The recipe (QwenLM/Qwen3-VL-Embedding, src/models/qwen3_vl_embedding.py): the instruction is the system turn,
+the user turn holds the images then the text, the chat template ends with the generation prompt
+"<|im_start|>assistant\\n", and the vector is the final-normed hidden state of that last "\\n", L2-normalised.
+"""
+
+import os
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import mlx.core as mx
+import numpy as np
+from tokenizers import Tokenizer as _HFTokenizer
+
+from . import images as _images
+from . import pooling as _pooling
+from .batching import plan_batches
+from .device import DevicePlan, check_batch_tokens, plan
+from .models.qwen3_vl import MRows, Qwen3VL, VLArgs
+from .vl_loading import load_vl_model
+
+DEFAULT_VL_INSTRUCTION = "Represent the user's input."
+MAX_LENGTH = 8192  # the recipe's
+ITEM_KEYS = ("text", "image", "video", "instruction")
+PAD = "<|endoftext|>"
+
+
+def format_instruction(instruction: Optional[str]) -> str:
+    """The recipe's system text: stripped, "." appended unless it ends in punctuation; empty -> the default."""
+    instruction = (instruction or "").strip()
+    if not instruction:
+        return DEFAULT_VL_INSTRUCTION
+    return instruction if unicodedata.category(instruction[-1]).startswith("P") else instruction + "."
+
+
+@dataclass
+class Prepared:
+    """One item as the model reads it."""
+    ids: list                      # token ids, vision placeholders expanded
+    positions: np.ndarray          # (3, len(ids)) time/height/width rotary positions
+    visuals: list = field(default_factory=list)  # images.Patches in the order their tokens appear
+
+    def __len__(self) -> int:  # tokens, as for a list of ids (the server's worker counts them so)
+        return len(self.ids)
+
+
+class VLEmbedder:
+    """A loaded Qwen3-VL model. Make one with `mlx_qwen3_embed.load`."""
+
+    def __init__(self, model: Qwen3VL, folder: Path, args: VLArgs, device: DevicePlan, *, name: str,
+                 max_length: int = MAX_LENGTH, pooling: str = "last", layer: Optional[int] = None,
+                 min_pixels: int = _images.MIN_PIXELS, max_pixels: int = _images.MAX_PIXELS,
+                 max_image_pixels: int = _images.MAX_IMAGE_PIXELS):
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer.json in {folder}: is this a model folder?")
+        self._tokenizer = _HFTokenizer.from_file(str(path))
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        self.model, self.folder, self.args, self.device, self.name = model, folder, args, device, name
+        self.max_length, self.pooling = max_length, _pooling.check(pooling)
+        self.layer = self._check_layer(layer)
+        self.min_pixels, self.max_pixels, self.max_image_pixels = min_pixels, max_pixels, max_image_pixels
+        self.pad_id = self._tokenizer.token_to_id(PAD)
+        if self.pad_id is None:
+            raise ValueError(f"{path} has no {PAD} token: not a Qwen3-VL tokenizer")
+
+    @property
+    def dim(self) -> int:
+        """Full embedding size (the decoder's hidden_size)."""
+        return self.args.text.hidden_size
+
+    def embed(self, items: Any, *, instruction: Optional[str] = None, dim: Optional[int] = None,
+              normalize: bool = True, batch_tokens: Optional[int] = None) -> np.ndarray:
+        """Items -> float32 vectors: one item gives (dim,), a list of N items gives (N, dim).
+
+        An item is a str (text) or a dict with "text", "image" (a path, data URL, bytes, PIL image or uint8
+        (H, W, 3) array, or a list of them), "video" (a list of frames, each as an image) and an optional
+        "instruction" (default: the `instruction` argument, else "Represent the user's input.").
+        dim: Matryoshka size (first `dim` values, then normalised).
+        """
+        single = isinstance(items, (str, dict))
+        batch = [items] if single else _check_items(items)
+        if instruction is not None and not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
+        prepared = [self.prepare(item, i, instruction) for i, item in enumerate(batch)]
+        vectors = self.embed_prepared(prepared, dim=dim, normalize=normalize, batch_tokens=batch_tokens)
+        return vectors[0] if single else vectors
+
+    def embed_prepared(self, prepared: list[Prepared], *, dim: Optional[int] = None, normalize: bool = True,
+                       batch_tokens: Optional[int] = None) -> np.ndarray:
+        """Items already through `prepare` (their token counts known: len(p.ids)) -> (N, dim) float32."""
+        dim = self._check_dim(dim)
+        check_batch_tokens(batch_tokens)
+        vectors = np.empty((len(prepared), dim), dtype=np.float32)
+        for group in plan_batches([len(p.ids) for p in prepared], batch_tokens or self.device.batch_tokens):
+            with mx.stream(self.device.stream):
+                pooled = self._forward([prepared[i] for i in group])
+                pooled = _pooling.truncate(pooled.astype(mx.float32), dim)
+                pooled = _pooling.normalize(pooled) if normalize else pooled
+            vectors[group] = np.array(pooled)
+        if not np.isfinite(vectors).all():
+            raise FloatingPointError(f"{self.name} produced non-finite vectors (dtype {self.device.dtype}): "
+                                     "load with dtype='float32'")
+        return vectors
+
+    def embed_ids(self, prepared: list[Prepared], *, normalize: bool = True,
+                  batch_tokens: Optional[int] = None) -> np.ndarray:
+        """The server worker's call (Embedder.embed_ids for text models): prepared items -> (N, dim)."""
+        return self.embed_prepared(prepared, normalize=normalize, batch_tokens=batch_tokens)
+
+    def prepare(self, item: Any, index: int = 0, instruction: Optional[str] = None) -> Prepared:
+        """One item -> its token ids, rotary positions and pixels (the recipe's prompt). Errors name `index`."""
+        if isinstance(item, str):
+            item = {"text": item}
+        if not isinstance(item, dict):
+            raise TypeError(f"item {index} must be a str or a dict, got {type(item).__name__}")
+        unknown = sorted(set(item) - set(ITEM_KEYS))
+        if unknown:
+            raise ValueError(f"item {index} has unknown key {unknown[0]!r}: use {', '.join(ITEM_KEYS)}")
+        text, image, video = item.get("text"), item.get("image"), item.get("video")
+        if text is None and image is None and video is None:
+            raise ValueError(f"item {index} has none of text, image and video: give at least one")
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"item {index}'s text must be a str, got {type(text).__name__}")
+        own = item.get("instruction", instruction)
+        if own is not None and not isinstance(own, str):
+            raise TypeError(f"item {index}'s instruction must be a str, got {type(own).__name__}")
+        sources = [] if image is None else image if isinstance(image, (list, tuple)) else [image]
+        if image is not None and not sources:
+            raise ValueError(f"item {index} has an empty list of images")
+        visuals, vision = [], ""
+        if video is not None:
+            patches, stamps = self._video(video, index)
+            visuals.append(patches)
+            # the recipe's transformers (4.57) puts each temporal patch in its own vision block after its time
+            vision = "".join(f"<{s:.1f} seconds><|vision_start|><|video_pad|><|vision_end|>" for s in stamps)
+        for source in sources:
+            try:
+                rgb = _images.open_image(source, self.max_image_pixels)
+                visuals.append(_images.preprocess(rgb, self.min_pixels, self.max_pixels))
+            except (ValueError, TypeError, FileNotFoundError) as e:
+                raise type(e)(f"item {index}: {e}") from None
+        vision += "<|vision_start|><|image_pad|><|vision_end|>" * len(sources)  # the user turn: video, images, text
+        head = (f"<|im_start|>system\n{format_instruction(own)}<|im_end|>\n<|im_start|>user\n{vision}")
+        tail = "<|im_end|>\n<|im_start|>assistant\n"
+        ids = self._encode(head) + self._encode_text(text or "", index) + self._encode(tail)
+        ids, positions = self._expand(ids, visuals, index)
+        if len(ids) > self.max_length:
+            raise ValueError(f"item {index} has {len(ids)} tokens, more than max_length {self.max_length}: "
+                             "shorten its text or use smaller images")
+        return Prepared(ids, positions, visuals)
+
+    def _video(self, video: Any, index: int):
+        """A list of frames -> (images.Patches, timestamps), errors naming the item."""
+        if isinstance(video, (str, os.PathLike)):
+            raise ValueError(f"item {index}'s video is a file: video files are not decoded here, give its frames "
+                             "as a list of images (e.g. sampled at 2 fps)")
+        if not isinstance(video, (list, tuple)):
+            raise TypeError(f"item {index}'s video must be a list of frames, got {type(video).__name__}")
+        if not video:
+            raise ValueError(f"item {index}'s video has no frames")
+        try:
+            return _images.preprocess_video([_images.open_image(f, self.max_image_pixels) for f in video])
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            raise type(e)(f"item {index}: {e}") from None
+
+    def _encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _encode_text(self, text: str, index: int) -> list[int]:
+        ids = self._encode(text)
+        special = {self.args.image_token_id, self.args.video_token_id}
+        if special & set(ids):
+            raise ValueError(f"item {index}'s text holds an image or video placeholder token: remove it")
+        return ids
+
+    def _expand(self, ids: list[int], visuals: list, index: int) -> tuple[list[int], np.ndarray]:
+        """Each placeholder -> one token per merged 2x2 patch block; 3-axis rotary positions for all tokens:
+        text counts on from the previous maximum + 1, an image's tokens sit at (start, start + row,
+        start + column) on the merged grid (Qwen3-VL's get_rope_index)."""
+        merge = self.args.vision.spatial_merge_size
+        # one placeholder per image and per temporal patch of a video (each positioned as an image)
+        groups = iter([(1, h, w) for v in visuals for t, h, w in [v.grid] for _ in range(t)])
+        out, columns, start = [], [], 0
+        for token in ids:
+            if token not in (self.args.image_token_id, self.args.video_token_id):
+                out.append(token)
+                columns.append(np.full((3, 1), start))
+                start += 1
+                continue
+            t, h, w = next(groups)
+            gh, gw = h // merge, w // merge
+            out.extend([token] * (t * gh * gw))
+            time = np.repeat(np.arange(t), gh * gw)
+            rows = np.tile(np.repeat(np.arange(gh), gw), t)
+            cols = np.tile(np.arange(gw), t * gh)
+            columns.append(np.stack([time + start, rows + start, cols + start]))
+            start += max(gh, gw)
+        return out, np.concatenate(columns, axis=1).astype(np.int64)
+
+    def _forward(self, batch: list[Prepared]) -> mx.array:
+        """Prepared items -> pooled (B, D) hidden states, as a lazy graph."""
+        lengths = np.array([len(p.ids) for p in batch], dtype=np.int32)
+        B, L = len(batch), int(lengths.max())
+        input_ids = np.full((B, L), self.pad_id, dtype=np.int32)
+        positions = np.zeros((3, B, L), dtype=np.int64)
+        for b, p in enumerate(batch):
+            input_ids[b, : len(p.ids)] = p.ids
+            positions[:, b, : len(p.ids)] = p.positions
+        cos, sin = self.model.rotary(positions)
+        rows = MRows(lengths, L, cos, sin)
+        visual = None
+        patches = [v for p in batch for v in p.visuals]
+        if patches:
+            placeholder = np.isin(input_ids, [self.args.image_token_id, self.args.video_token_id])
+            b, j = np.nonzero(placeholder)  # row-major: items in order, tokens in order, as the features are
+            where = mx.array((rows.starts[b] + j).astype(np.int32))
+            pixels = mx.array(np.concatenate([v.pixels for v in patches]))
+            tokens, deepstack = self.model.visual(pixels, [v.grid for v in patches])
+            visual = (where, tokens, deepstack)
+        lm = self.model.language_model
+        n = len(lm.layers)
+        index = self.layer if self.layer is None or self.layer >= 0 else n + 1 + self.layer
+        keep = None if index is None or index == n else index
+        if self.pooling == "last" and keep is None:
+            return lm.forward(mx.array(input_ids), rows, visual, last=True)
+        hidden = rows.pad(lm.forward(mx.array(input_ids), rows, visual, keep=keep)).astype(mx.float32)
+        return _pooling.pool(hidden, mx.array(lengths), self.pooling)
+
+    def _check_layer(self, layer: Optional[int]) -> Optional[int]:
+        n = self.args.text.num_hidden_layers
+        if layer is None:
+            return None
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -(n + 1) <= layer <= n:
+            raise ValueError(f"layer must be between {-(n + 1)} and {n} (0: the embeddings, {n} or -1: the "
+                             f"final-normed output), got {layer!r}")
+        return int(layer)
+
+    def _check_dim(self, dim: Optional[int]) -> int:
+        if dim is None:
+            return self.dim
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= self.dim:
+            raise ValueError(f"dim must be between 1 and {self.dim}, got {dim!r}")
+        return int(dim)
+
+
+def _check_items(items: Any) -> list:
+    if items is None or isinstance(items, bytes) or not isinstance(items, Sequence):
+        raise TypeError(f"items must be a str, a dict or a list of them, got {type(items).__name__}")
+    return list(items)
+
+
+def load_vl(folder: Path, *, name: str, device: Optional[str] = None, dtype: Optional[str] = None,
+            dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None,
+            max_length: Optional[int] = None, pooling: str = "last", layer: Optional[int] = None) -> VLEmbedder:
+    """A Qwen3-VL model folder -> VLEmbedder (called by `mlx_qwen3_embed.load` for model_type qwen3_vl)."""
+    _pooling.check(pooling)
+    device_plan = plan(device, dtype, dequantize, batch_tokens)
+    model, args = load_vl_model(folder, device_plan)
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                   or max_length < 16):
+        raise ValueError(f"max_length must be an int of at least 16, got {max_length!r}")
+    return VLEmbedder(model, folder, args, device_plan, name=name, max_length=max_length or MAX_LENGTH,
+                      pooling=pooling, layer=layer)

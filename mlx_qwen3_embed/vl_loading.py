@@ -1,0 +1,77 @@
+"""A Qwen3-VL folder -> a loaded models.qwen3_vl.Qwen3VL: config, key clean-up (hub and mlx-vlm layouts), checks."""
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_unflatten
+
+from .device import DevicePlan
+from .models.qwen3_vl import Qwen3VL, VLArgs
+from .weights import check, dequantize, read_tensors
+
+
+def model_type(folder: Path) -> str:
+    """config.json's model_type ("qwen3", "qwen3_vl", ...), "" when there is no config."""
+    path = folder / "config.json"
+    return json.loads(path.read_text()).get("model_type", "") if path.is_file() else ""
+
+
+def read_vl_config(folder: Path) -> VLArgs:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {folder}: is this a model folder?")
+    config = json.loads(path.read_text())
+    if isinstance(config.get("quantization"), dict):  # mlx-vlm names per-module overrides by its own keys
+        config["quantization"] = {_hub_key(k): v for k, v in config["quantization"].items()}
+    return VLArgs.from_dict(config)
+
+
+def _hub_key(key: str) -> str:
+    """An mlx-vlm module path -> the hub's (`language_model.model.` -> `model.language_model.`,
+    `vision_tower.` -> `model.visual.`)."""
+    if key.startswith("language_model.model."):
+        return "model.language_model." + key.removeprefix("language_model.model.")
+    if key.startswith("vision_tower."):
+        return "model.visual." + key.removeprefix("vision_tower.")
+    return key
+
+
+def clean_keys(tensors: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Keys as Qwen3VL names them: the hub's `language_model.*`/`visual.*` (read_tensors already dropped
+    `model.`), or mlx-vlm's `language_model.model.*`/`vision_tower.*`; lm_head dropped (embeddings need none);
+    the patch embedding's Conv3d in MLX's (out, t, h, w, in) layout."""
+    out = {}
+    for key, value in tensors.items():
+        if key.startswith("language_model.model."):
+            key = "language_model." + key.removeprefix("language_model.model.")
+        elif key.startswith("vision_tower."):
+            key = "visual." + key.removeprefix("vision_tower.")
+        if key.startswith(("language_model.lm_head.", "lm_head.")):
+            continue
+        if key == "visual.patch_embed.proj.weight" and value.ndim == 5 and value.shape[1] == 3 != value.shape[4]:
+            value = value.transpose(0, 2, 3, 4, 1)  # PyTorch's (out, in, t, h, w)
+        out[key] = value
+    return out
+
+
+def load_vl_model(folder: Path, plan: DevicePlan) -> tuple[Qwen3VL, VLArgs]:
+    """Build the Qwen3VL of `folder` and load its weights, dequantized or not as `plan` says."""
+    args = read_vl_config(folder)
+    tensors = clean_keys(read_tensors(folder))
+    quantized = [k.removesuffix(".scales") for k in tensors if k.endswith(".scales")]
+    if quantized and not args.quantization:
+        raise ValueError(f"{folder} holds quantized tensors ({quantized[0]}.scales) but config.json has no "
+                         "'quantization' block: the config does not belong to these weights")
+    model = Qwen3VL(args, plan.kernels)
+    if plan.dequantize:
+        tensors = dequantize(tensors, args.text, plan.dtype)
+    else:
+        tensors = {k: v.astype(plan.dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in tensors.items()}
+        modules = set(quantized)
+        nn.quantize(model, class_predicate=lambda path, _: path in modules and args.text.quantization_for(path))
+    check(model, tensors, folder)
+    model.update(tree_unflatten(list(tensors.items())))
+    mx.eval(model.parameters())
+    return model, args
