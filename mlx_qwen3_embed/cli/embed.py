@@ -62,7 +62,6 @@ def embed(
     windows, written as it goes beside O, resumable by running the same command again; under `mlx.launch` the
     ranks share the work and rank 0 writes O.
     """
-    import numpy as np
 
     from .. import load
     from .vl_items import embed_items, is_vl, read_items
@@ -94,16 +93,25 @@ def embed(
     sequences = embedder.tokenize(texts, instruction=instruction, prompt_name=prompt_name, prompt=prompt,
                                   truncate=truncate)
     tokens = [len(ids) for ids in sequences]
-    chunk = PROGRESS_CHUNK if len(texts) > PROGRESS_CHUNK else len(texts)
+    write_in_chunks(lambda part: embedder.embed_ids(part, dim=dim, normalize=normalize, batch_tokens=batch_tokens),
+                    sequences, tokens, output, format, PROGRESS_CHUNK)
+
+
+def write_in_chunks(embed_chunk, inputs: list, tokens: list[int], output: str | None, format: str,
+                    chunk: int) -> None:
+    """Embed `inputs` `chunk` at a time (a progress bar past one chunk); stream JSON lines to stdout as chunks
+    finish, or write `output` atomically at the end. Vectors do not depend on the chunking."""
+    import numpy as np
+
+    size = chunk if len(inputs) > chunk else len(inputs)
     out = sys.stdout if output is None else None
     vectors = []
-    with typer.progressbar(length=len(texts), label="embedding", file=sys.stderr,
-                           hidden=len(texts) <= PROGRESS_CHUNK) as bar:
-        for start in range(0, len(texts), chunk):
-            part = embedder.embed_ids(sequences[start:start + chunk], dim=dim, normalize=normalize,
-                                      batch_tokens=batch_tokens)
+    with typer.progressbar(length=len(inputs), label="embedding", file=sys.stderr,
+                           hidden=len(inputs) <= chunk) as bar:
+        for start in range(0, len(inputs), size):
+            part = embed_chunk(inputs[start:start + size])
             if out is not None:  # stream to stdout as chunks finish
-                write_jsonl(out, part, tokens[start:start + chunk], start)
+                write_jsonl(out, part, tokens[start:start + size], start)
                 out.flush()
             else:
                 vectors.append(part)

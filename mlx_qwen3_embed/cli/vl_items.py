@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import typer
 
 from ..vl_embedder import ITEM_KEYS
 
@@ -65,25 +64,11 @@ def parse_items(content: str, name: str) -> list[dict]:
 def embed_items(embedder, items: list, *, instruction: Optional[str], dim: Optional[int], normalize: bool,
                 batch_tokens: Optional[int], output: Optional[str], format: str) -> None:
     """Embed items and write them as cli/embed.py writes texts: {"index", "embedding", "tokens"} lines."""
-    import numpy as np
-
-    from .embed import write_jsonl, write_output
+    from .embed import write_in_chunks
 
     # prepare all first: a bad image fails before any output is written
     prepared = [embedder.prepare(item, i, instruction) for i, item in enumerate(items)]
     tokens = [len(p.ids) for p in prepared]
-    chunk = CHUNK if len(items) > CHUNK else len(items)
-    out = sys.stdout if output is None else None
-    vectors = []
-    with typer.progressbar(length=len(items), label="embedding", file=sys.stderr, hidden=len(items) <= CHUNK) as bar:
-        for start in range(0, len(items), chunk):
-            part = embedder.embed_prepared(prepared[start:start + chunk], dim=dim, normalize=normalize,
-                                           batch_tokens=batch_tokens)
-            if out is not None:
-                write_jsonl(out, part, tokens[start:start + chunk], start)
-                out.flush()
-            else:
-                vectors.append(part)
-            bar.update(len(part))
-    if out is None:
-        write_output(np.concatenate(vectors), tokens, output, format)
+    write_in_chunks(lambda part: embedder.embed_prepared(part, dim=dim, normalize=normalize,
+                                                        batch_tokens=batch_tokens),
+                    prepared, tokens, output, format, CHUNK)
