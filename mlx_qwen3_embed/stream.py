@@ -17,6 +17,7 @@ from mlx.utils import tree_flatten
 
 SAFETENSORS_DTYPES = {mx.float32: "F32", mx.bfloat16: "BF16", mx.float16: "F16", mx.uint32: "U32"}
 MAX_SHARD_BYTES = 5 << 30  # mlx-lm's MAX_FILE_SIZE_GB
+CHUNK_ELEMENTS = 1 << 24  # weights quantized at a time (64 MB in float32)
 
 
 def write_streamed(folder: Path, lazy: nn.Module, sources: dict[str, mx.array], dtype: mx.Dtype) -> None:
@@ -43,11 +44,7 @@ def write_streamed(folder: Path, lazy: nn.Module, sources: dict[str, mx.array], 
         path, _, leaf = key.removeprefix("model.").rpartition(".")
         module = modules.get(f"model.{path}")
         if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
-            weight = sources.pop(f"{path}.weight").astype(dtype)
-            packed, scales, biases = mx.quantize(weight, module.group_size, module.bits, mode="affine")
-            out = {"weight": packed, "scales": scales, "biases": biases}
-            mx.eval(out)
-            del weight
+            out = _quantize_rows(sources.pop(f"{path}.weight"), dtype, module.group_size, module.bits)
             for other in ("weight", "scales", "biases"):
                 if other != leaf:
                     pending[f"model.{path}.{other}"] = out[other]
@@ -62,6 +59,22 @@ def write_streamed(folder: Path, lazy: nn.Module, sources: dict[str, mx.array], 
                           "total_parameters": _parameters(lazy)},
              "weight_map": dict(sorted(weight_map.items()))}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=4))
+
+
+def _quantize_rows(weight: mx.array, dtype: mx.Dtype, group_size: int, bits: int) -> dict[str, mx.array]:
+    """mx.quantize of a (rows, columns) matrix a block of rows at a time: groups run along a row, so the result is
+    the same, and the quantizer's float32 temporaries cover CHUNK_ELEMENTS instead of the whole token table
+    (measured on the 4B shape: 4.9 GB peak RSS for the whole 151,665 x 2560 table at once)."""
+    step = max(1, CHUNK_ELEMENTS // weight.shape[-1])
+    parts = []
+    for start in range(0, weight.shape[0], step):
+        part = mx.quantize(weight[start:start + step].astype(dtype), group_size, bits, mode="affine")
+        mx.eval(part)
+        parts.append(part)
+    out = {name: parts[0][i] if len(parts) == 1 else mx.concatenate([p[i] for p in parts])
+           for i, name in enumerate(("weight", "scales", "biases"))}
+    mx.eval(out)
+    return out
 
 
 def _write_shard(path: Path, tensors: list, compute) -> None:

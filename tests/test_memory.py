@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import mlx_qwen3_embed as mqe
-from conftest import make_hub_checkpoint
+from conftest import make_hub_checkpoint, make_mlx_checkpoint
 from mlx_qwen3_embed import weights
 from mlx_qwen3_embed.cli import app
 from mlx_qwen3_embed.device import GB, MEMORY_ENV, fit_memory, parse_bytes, plan
@@ -148,3 +148,17 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
                 .stdout.split()[-1])
     assert grown < 0.25 * size, f"converting grew RSS by {grown / 1e6:.0f} MB for a {size / 1e6:.0f} MB checkpoint"
     assert mqe.load(str(tmp_path / "out")).embed("x").shape == (512,)
+
+
+def test_token_table_quantized_a_block_of_rows_at_a_time_equals_mlx_lm(hub_model, tmp_path, monkeypatch):
+    """The converter quantizes big matrices in blocks of rows (bounded temporaries); groups run along a row, so
+    every tensor it writes is bit-identical to mlx-lm's whole-tensor conversion."""
+    from mlx_qwen3_embed import quantize, stream
+
+    monkeypatch.setattr(stream, "CHUNK_ELEMENTS", 7 * 64)  # blocks of 7 rows, the last one shorter
+    quantize.convert(str(hub_model), str(tmp_path / "ours"), bits=4, group_size=64)
+    theirs = make_mlx_checkpoint(hub_model, tmp_path / "theirs", bits=4, group_size=64)
+    ours, reference = (mx.load(str(f / "model.safetensors")) for f in (tmp_path / "ours", theirs))
+    assert set(ours) == set(reference)
+    for key, value in reference.items():
+        assert mx.array_equal(ours[key], value), key
