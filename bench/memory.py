@@ -76,8 +76,10 @@ def write_checkpoint(folder: Path, shape: dict, shard_bytes: int = 4 << 30) -> N
 
 
 MEASURE = """
-import json, resource, sys, time
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+import json, sys, time
+def peak():  # VmHWM: this process's own high-water mark (ru_maxrss would include the parent's RSS at fork)
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 start = time.time()
 if sys.argv[1] == "convert":
     from mlx_qwen3_embed import quantize
