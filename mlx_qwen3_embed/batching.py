@@ -1,5 +1,8 @@
-"""Sort by length, pack under a token budget, right-pad; the caller restores the input order."""
+"""Sort by length, pack under a token budget, right-pad, run the batches and put their rows back in input order."""
 
+from typing import Callable, Optional, Sequence
+
+import mlx.core as mx
 import numpy as np
 
 
@@ -29,3 +32,36 @@ def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.n
     for row, s in enumerate(sequences):
         input_ids[row, : len(s)] = s
     return input_ids, lengths
+
+
+def padded(forward: Callable[[mx.array, mx.array], mx.array], pad_id: int) -> Callable[[list], mx.array]:
+    """forward(input_ids (B, L), lengths (B,)) -> a forward over a list of B id lists, right-padded with pad_id."""
+    def run(batch: list[list[int]]) -> mx.array:
+        input_ids, lengths = pad_right(batch, pad_id)
+        return forward(mx.array(input_ids), mx.array(lengths))
+    return run
+
+
+def run_batches(sequences: Sequence, forward: Callable[[list], mx.array], out: np.ndarray, device, *,
+                batch_tokens: Optional[int] = None, name: str, what: str = "vectors") -> np.ndarray:
+    """Fill `out` (N, ...) with each sequence's rows: `forward` turns one batch (a list of sequences, longest
+    first) into its (B, ...) rows as a lazy graph, and `out[batch's indices]` receives them.
+
+    Batches come from plan_batches under batch_tokens (default: device.batch_tokens) and run on device.stream.
+    Each batch is started (mx.async_eval) before the previous one is copied out, so the host's copying and the
+    next batch's padding overlap the compute. Non-finite rows raise FloatingPointError naming `name` and `what`.
+    """
+    pending = None
+    for batch in plan_batches([len(s) for s in sequences], batch_tokens or device.batch_tokens):
+        with mx.stream(device.stream):
+            rows = forward([sequences[i] for i in batch])
+        mx.async_eval(rows)
+        if pending is not None:
+            out[pending[0]] = np.array(pending[1])
+        pending = (batch, rows)
+    if pending is not None:
+        out[pending[0]] = np.array(pending[1])
+    if not np.isfinite(out).all():
+        raise FloatingPointError(f"{name} produced non-finite {what} (dtype {device.dtype}): "
+                                 "load with dtype='float32'")
+    return out

@@ -10,7 +10,7 @@ import numpy as np
 from . import encode as _encode
 from . import pooling as _pooling
 from . import precision as _precision
-from .batching import pad_right, plan_batches
+from .batching import padded, run_batches
 from .cache import VectorCache
 from .config import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
@@ -123,23 +123,10 @@ class Embedder:
 
     def _compute(self, sequences: list[list[int]], dim: int, normalize: bool, method: str,
                  batch_tokens: Optional[int]) -> np.ndarray:
-        vectors = np.empty((len(sequences), dim), dtype=np.float32)
-        pending = None
-        for batch in plan_batches([len(s) for s in sequences], batch_tokens or self.device.batch_tokens):
-            input_ids, lengths = pad_right([sequences[i] for i in batch], self.tokenizer.eos_id)
-            with mx.stream(self.device.stream):
-                pooled = self._pooled(mx.array(input_ids), mx.array(lengths), method, dim, normalize)
-            # start this batch, then copy out the previous one while it runs: the host work overlaps compute
-            mx.async_eval(pooled)
-            if pending is not None:
-                vectors[pending[0]] = np.array(pending[1])
-            pending = (batch, pooled)
-        if pending is not None:
-            vectors[pending[0]] = np.array(pending[1])
-        if not np.isfinite(vectors).all():
-            raise FloatingPointError(f"{self.name} produced non-finite vectors (dtype {self.device.dtype}): "
-                                     "load with dtype='float32'")
-        return vectors
+        forward = padded(lambda input_ids, lengths: self._pooled(input_ids, lengths, method, dim, normalize),
+                         self.tokenizer.eos_id)
+        return run_batches(sequences, forward, np.empty((len(sequences), dim), dtype=np.float32), self.device,
+                           batch_tokens=batch_tokens, name=self.name)
 
     def _pooled(self, input_ids: mx.array, lengths: mx.array, method: str, dim: int, normalize: bool) -> mx.array:
         """(B, L) right-padded ids -> (B, dim) float32 vectors, as a lazy graph."""

@@ -26,7 +26,7 @@ from .config import ModelArgs
 from .models.qwen3 import Qwen3
 from .stream import write_streamed
 from .tokenizer import EOS, Tokenizer
-from .weights import HUB_FILES, check, model_kind, read_config, read_tensors, resolve, safetensors_files
+from .weights import HUB_FILES, KIND_KEY, check, model_kind, read_config, read_tensors, resolve, safetensors_files
 
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -221,6 +221,8 @@ def convert(src: str, dst: str, *, bits: Optional[int] = None, group_size: int =
     model, config, folder = load_float(src, dtype)
     lm_head = load_lm_head(folder, config) if reranker else None
     config = quantize(model, config, bits, group_size, recipe)
+    if reranker:  # its config.json is an embedding model's: mark it, so no folder name is needed to tell
+        config[KIND_KEY] = "reranker"
     if lm_head is not None:  # the 8B reranker's own head: quantized like any linear layer, as mlx-lm does
         q = config["quantization"]
         lm_head = lm_head.to_quantized(group_size=q["group_size"], bits=q["bits"], mode="affine")

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .batching import pad_right, plan_batches
+from .batching import padded, run_batches
 from .config import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
@@ -98,26 +98,17 @@ class Reranker:
         token, so a score does not depend on what it was batched with.
         """
         check_batch_tokens(batch_tokens)
-        logits = np.empty(len(sequences), dtype=np.float32)
-        pending = None
-        for batch in plan_batches([len(s) for s in sequences], batch_tokens or self.device.batch_tokens):
-            input_ids, lengths = pad_right([sequences[i] for i in batch], self.tokenizer.eos_id)
-            with mx.stream(self.device.stream):
-                hidden = self.model.last_token(mx.array(input_ids), mx.array(lengths)).astype(mx.float32)
-                no_yes = hidden @ self.head.T  # (B, 2): two rows of the head, never the 151k-row projection
-                difference = no_yes[:, 1] - no_yes[:, 0]
-            # start this batch, then copy out the previous one while it runs
-            mx.async_eval(difference)
-            if pending is not None:
-                logits[pending[0]] = np.array(pending[1])
-            pending = (batch, difference)
-        if pending is not None:
-            logits[pending[0]] = np.array(pending[1])
-        if not np.isfinite(logits).all():
-            raise FloatingPointError(f"{self.name} produced non-finite scores (dtype {self.device.dtype}): "
-                                     "load with dtype='float32'")
+        logits = run_batches(sequences, padded(self._logits, self.tokenizer.eos_id),
+                             np.empty(len(sequences), dtype=np.float32), self.device, batch_tokens=batch_tokens,
+                             name=self.name, what="scores")
         # softmax over (no, yes) is the sigmoid of their difference
         return logits if raw else (1 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+    def _logits(self, input_ids: mx.array, lengths: mx.array) -> mx.array:
+        """(B, L) right-padded pairs -> (B,) float32 logit yes - no, as a lazy graph."""
+        hidden = self.model.last_token(input_ids, lengths).astype(mx.float32)
+        no_yes = hidden @ self.head.T  # (B, 2): two rows of the head, never the 151k-row projection
+        return no_yes[:, 1] - no_yes[:, 0]
 
     def _max_length(self, max_length: Optional[int]) -> int:
         if max_length is None:

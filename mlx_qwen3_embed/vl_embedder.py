@@ -18,7 +18,7 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 from . import images as _images
 from . import pooling as _pooling
-from .batching import plan_batches
+from .batching import run_batches
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3_vl import MRows, Qwen3VL, VLArgs
 from .vl_loading import load_vl_model
@@ -96,17 +96,11 @@ class VLEmbedder:
         """Items already through `prepare` (their token counts known: len(p.ids)) -> (N, dim) float32."""
         dim = self._check_dim(dim)
         check_batch_tokens(batch_tokens)
-        vectors = np.empty((len(prepared), dim), dtype=np.float32)
-        for group in plan_batches([len(p.ids) for p in prepared], batch_tokens or self.device.batch_tokens):
-            with mx.stream(self.device.stream):
-                pooled = self._forward([prepared[i] for i in group])
-                pooled = _pooling.truncate(pooled.astype(mx.float32), dim)
-                pooled = _pooling.normalize(pooled) if normalize else pooled
-            vectors[group] = np.array(pooled)
-        if not np.isfinite(vectors).all():
-            raise FloatingPointError(f"{self.name} produced non-finite vectors (dtype {self.device.dtype}): "
-                                     "load with dtype='float32'")
-        return vectors
+        def forward(batch: list[Prepared]) -> mx.array:
+            pooled = _pooling.truncate(self._forward(batch).astype(mx.float32), dim)
+            return _pooling.normalize(pooled) if normalize else pooled
+        return run_batches(prepared, forward, np.empty((len(prepared), dim), dtype=np.float32), self.device,
+                           batch_tokens=batch_tokens, name=self.name)
 
     def embed_ids(self, prepared: list[Prepared], *, normalize: bool = True,
                   batch_tokens: Optional[int] = None) -> np.ndarray:

@@ -4,12 +4,10 @@ import json
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
-from mlx.utils import tree_unflatten
 
 from .device import DevicePlan
 from .models.qwen3_vl import Qwen3VL, VLArgs
-from .weights import check, dequantize, read_tensors
+from .weights import load_weights, read_tensors
 
 
 def model_type(folder: Path) -> str:
@@ -60,18 +58,6 @@ def load_vl_model(folder: Path, plan: DevicePlan) -> tuple[Qwen3VL, VLArgs]:
     """Build the Qwen3VL of `folder` and load its weights, dequantized or not as `plan` says."""
     args = read_vl_config(folder)
     tensors = clean_keys(read_tensors(folder))
-    quantized = [k.removesuffix(".scales") for k in tensors if k.endswith(".scales")]
-    if quantized and not args.quantization:
-        raise ValueError(f"{folder} holds quantized tensors ({quantized[0]}.scales) but config.json has no "
-                         "'quantization' block: the config does not belong to these weights")
     model = Qwen3VL(args, plan.kernels)
-    if plan.dequantize:
-        tensors = dequantize(tensors, args.text, plan.dtype)
-    else:
-        tensors = {k: v.astype(plan.dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in tensors.items()}
-        modules = set(quantized)
-        nn.quantize(model, class_predicate=lambda path, _: path in modules and args.text.quantization_for(path))
-    check(model, tensors, folder)
-    model.update(tree_unflatten(list(tensors.items())))
-    mx.eval(model.parameters())
+    load_weights(model, tensors, args.text, plan, folder)  # args.text carries the quantization block
     return model, args

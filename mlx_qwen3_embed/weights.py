@@ -192,14 +192,22 @@ def load_model(folder: Path, plan: DevicePlan) -> tuple[Qwen3, ModelArgs]:
     plan = plan_memory(folder, plan)
     args = read_config(folder)
     tensors = read_tensors(folder)
+    model = Qwen3(args, plan.kernels)
+    load_weights(model, tensors, args, plan, folder)
+    return model, args
+
+
+def load_weights(model: nn.Module, tensors: dict[str, mx.array], args: ModelArgs, plan: DevicePlan,
+                 folder: Path) -> None:
+    """Put `tensors` (model's names) into `model` as `plan` holds them: dequantized, quantized as stored, or
+    stored and up-cast per matrix (plan.upcast); strict checks, then evaluated. `args` gives the quantization."""
     quantized = [k.removesuffix(".scales") for k in tensors if k.endswith(".scales")]
     if quantized and not args.quantization:
         raise ValueError(f"{folder} holds quantized tensors ({quantized[0]}.scales) but config.json has no "
                          "'quantization' block: the config does not belong to these weights")
-    model = Qwen3(args, plan.kernels)
+    modules = set(quantized)
     if plan.upcast:
         # matrices stay as stored (bf16 or packed), the small norms go to the compute dtype
-        modules = set(quantized)
         kept = upcast_layers(model, plan.dtype, lambda path: args.quantization_for(path) if path in modules else None)
         tensors = {k: v if k.rpartition(".")[0] in kept or not mx.issubdtype(v.dtype, mx.floating)
                    else v.astype(plan.dtype) for k, v in tensors.items()}
@@ -207,12 +215,10 @@ def load_model(folder: Path, plan: DevicePlan) -> tuple[Qwen3, ModelArgs]:
         tensors = dequantize(tensors, args, plan.dtype)
     else:
         tensors = {k: v.astype(plan.dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in tensors.items()}
-        modules = set(quantized)
         nn.quantize(model, class_predicate=lambda path, _: path in modules and args.quantization_for(path))
     check(model, tensors, folder)
     model.update(tree_unflatten(list(tensors.items())))
     mx.eval(model.parameters())
-    return model, args
 
 
 def read_head_rows(folder: Path, args: ModelArgs, ids: list[int]) -> mx.array:
@@ -258,18 +264,27 @@ def tensor_names(folder: Path) -> set[str]:
     return names
 
 
+KIND_KEY = "mlx_qwen3_embed_kind"  # config.json key `convert` writes for a reranker (the decoder's config is alike)
+
+
 def model_kind(folder: Path) -> Optional[str]:
     """What a Qwen3 folder holds: "embedding", "reranker", or None when nothing in it tells.
 
     Both kinds are the same decoder with the same config.json (architectures Qwen3ForCausalLM), so the rule looks
     at what surrounds it, first match wins:
-    1. modules.json names a sentence-transformers Pooling module: "embedding" (Qwen3-Embedding ships one, and
+    1. config.json's KIND_KEY: what `convert` wrote (it marks every reranker it converts).
+    2. modules.json names a sentence-transformers Pooling module: "embedding" (Qwen3-Embedding ships one, and
        `convert` writes it for every embedding model; a reranker pools nothing).
-    2. config_sentence_transformers.json says model_type CrossEncoder, or the weights hold `lm_head.weight`:
+    3. config_sentence_transformers.json says model_type CrossEncoder, or the weights hold `lm_head.weight`:
        "reranker" (Qwen3-Embedding is saved without an LM head; the 8B reranker has its own).
-    3. The folder's name (a hub id's repository name for the hub cache) contains "rerank": "reranker"; "embed":
+    4. The model card (README.md, which `hf download` and `convert` copy) says `pipeline_tag: text-ranking`:
+       "reranker"; `feature-extraction` or `sentence-similarity`: "embedding".
+    5. The folder's name (a hub id's repository name for the hub cache) contains "rerank": "reranker"; "embed":
        "embedding" (mlx-community/Qwen3-Reranker-0.6B-4bit has a tied head and no sentence-transformers files).
     """
+    marked = _json(folder / "config.json").get(KIND_KEY)
+    if marked in ("embedding", "reranker"):
+        return marked
     modules = folder / "modules.json"
     if modules.is_file():
         try:
@@ -278,8 +293,7 @@ def model_kind(folder: Path) -> Optional[str]:
             types = []
         if any(t.endswith(".Pooling") for t in types):
             return "embedding"
-    st_config = folder / "config_sentence_transformers.json"
-    if st_config.is_file() and json.loads(st_config.read_text()).get("model_type") == "CrossEncoder":
+    if _json(folder / "config_sentence_transformers.json").get("model_type") == "CrossEncoder":
         return "reranker"
     try:
         names = tensor_names(folder)
@@ -287,8 +301,39 @@ def model_kind(folder: Path) -> Optional[str]:
         names = set()
     if any(name.removeprefix("model.").startswith("lm_head.") for name in names):
         return "reranker"
+    tag = _card_pipeline_tag(folder / "README.md")
+    if tag in CARD_KINDS:
+        return CARD_KINDS[tag]
     name = folder.resolve().name
     if folder.resolve().parent.name == "snapshots":  # the hub cache: models--Qwen--Qwen3-Reranker-0.6B/snapshots/<hash>
         name = folder.resolve().parent.parent.name
     name = name.lower()
     return "reranker" if "rerank" in name else "embedding" if "embed" in name else None
+
+
+CARD_KINDS = {"text-ranking": "reranker", "feature-extraction": "embedding", "sentence-similarity": "embedding"}
+
+
+def _json(path: Path) -> dict:
+    """A JSON object file's content; {} when it is missing or not a JSON object (the loader names a bad config)."""
+    try:
+        value = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _card_pipeline_tag(path: Path) -> Optional[str]:
+    """`pipeline_tag` of a model card's YAML front matter (between the leading `---` lines), else None."""
+    if not path.is_file():
+        return None
+    lines = path.read_text(errors="replace").splitlines()
+    if not lines or lines[0].strip() != "---":
+        return None
+    for line in lines[1:]:
+        if line.strip() == "---":
+            return None
+        key, _, value = line.partition(":")
+        if key.strip() == "pipeline_tag":
+            return value.strip().strip("'\"") or None
+    return None

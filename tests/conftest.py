@@ -203,35 +203,37 @@ def texts() -> list[str]:
 @pytest.fixture(scope="session")
 def served(hub_model, tmp_path_factory):
     """A real `mlx-embed serve` of the hub model on a free loopback port: its base URL (drop-in API tests)."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from server_process import running_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("served") / "serve.log"
-    command = [str(Path(sys.executable).parent / "mlx-embed"), "serve", "--model", str(hub_model), "--port", str(port),
-               "--served-model-name", "tiny", "--log-level", "warning"]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=5)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"mlx-embed serve did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(30)
+    with running_server(["--model", str(hub_model), "--served-model-name", "tiny", "--log-level", "warning"],
+                        log) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def sample(texts) -> list[str]:
+    """The shared texts minus the empty one, which the HTTP APIs refuse."""
+    return [t for t in texts if t]
+
+
+@pytest.fixture(scope="module")
+def embedder(hub_model):
+    """The hub model loaded with the defaults (a module may define its own)."""
+    import mlx_qwen3_embed as mqe
+
+    return mqe.load(str(hub_model))
+
+
+@pytest.fixture(scope="module")
+def app_client(embedder):
+    """The app in-process (FastAPI's TestClient) serving `embedder` as "tiny"."""
+    from fastapi.testclient import TestClient
+
+    from mlx_qwen3_embed.serve import create_app
+
+    with TestClient(create_app(embedder, served_model_name="tiny")) as c:
+        yield c
 
 
 # Qwen3-Reranker checkpoints (builders in rerank_checkpoints.py)

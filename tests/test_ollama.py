@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from fastapi import testclient as fastapi_testclient
 
-import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed.serve import create_app
 
 ollama = pytest.importorskip("ollama")  # the `test` extra
@@ -16,24 +15,8 @@ LONG = "The quick brown fox jumps over the lazy dog. " * 120
 
 
 @pytest.fixture(scope="module")
-def embedder(hub_model):
-    return mqe.load(str(hub_model))
-
-
-@pytest.fixture(scope="module")
-def sample(texts):
-    return [t for t in texts if t]
-
-
-@pytest.fixture(scope="module")
 def client(served):
     return ollama.Client(host=served, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def app_client(embedder):
-    with fastapi_testclient.TestClient(create_app(embedder, served_model_name="tiny")) as c:
-        yield c
 
 
 def test_embed_list_equals_library(client, embedder, sample):

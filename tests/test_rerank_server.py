@@ -1,14 +1,6 @@
 """Rerank through `mlx-embed serve --reranker`: the real cohere SDK (v1 and v2 clients) and raw TEI-shaped requests
 get the library's scores; bad input is a 4xx in each API's error shape; rerank and embedding jobs share the worker."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +8,7 @@ from fastapi.testclient import TestClient
 import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed.serve import create_app
 from rerank_checkpoints import DOCUMENTS, QUERIES
+from server_process import running_server
 
 KEY = "secret-key"
 
@@ -28,28 +21,10 @@ def reranker(reranker_hub):
 @pytest.fixture(scope="module")
 def server(hub_model, reranker_hub, tmp_path_factory):
     """A real `mlx-embed serve --model E --reranker R --api-key K` on a free loopback port: its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("rerank-serve") / "serve.log"
-    command = [str(Path(sys.executable).parent / "mlx-embed"), "serve", "--model", str(hub_model), "--reranker",
-               str(reranker_hub), "--port", str(port), "--api-key", KEY, "--log-level", "warning"]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=5)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"mlx-embed serve did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(30)
+    with running_server(["--model", str(hub_model), "--reranker", str(reranker_hub), "--api-key", KEY,
+                         "--log-level", "warning"], log) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

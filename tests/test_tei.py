@@ -5,10 +5,7 @@ status (413 too long or too many, 400 Validation for a malformed body, 400 Empty
 import httpx
 import numpy as np
 import pytest
-from fastapi import testclient as fastapi_testclient
 
-import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed.serve import create_app
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
@@ -17,24 +14,8 @@ LONG = "The quick brown fox jumps over the lazy dog. " * 120
 
 
 @pytest.fixture(scope="module")
-def embedder(hub_model):
-    return mqe.load(str(hub_model))
-
-
-@pytest.fixture(scope="module")
-def sample(texts):
-    return [t for t in texts if t]
-
-
-@pytest.fixture(scope="module")
 def hub_client(served):
     return huggingface_hub.InferenceClient(model=served, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def app_client(embedder):
-    with fastapi_testclient.TestClient(create_app(embedder, served_model_name="tiny")) as c:
-        yield c
 
 
 def test_inference_client_feature_extraction_equals_library(hub_client, embedder, sample):

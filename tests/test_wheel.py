@@ -6,11 +6,9 @@ source tree."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 
 import mlx_qwen3_embed as mqe
+from server_process import running_server
 
 pytest.importorskip("build")
 REPO = Path(__file__).resolve().parents[1]
@@ -86,28 +85,10 @@ def test_installed_convert_dwq_uses_the_packaged_calibration_set(converted):
     assert "quantization" in json.loads((converted / "config.json").read_text())
 
 
-def test_installed_serve_answers_the_librarys_vectors(fresh, converted, texts, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen([str(fresh / "bin" / "mlx-embed"), "serve", "--model", str(converted), "--port",
-                                str(port), "--log-level", "warning"], cwd=tmp_path, env=clean_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=5)
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()
-                time.sleep(0.2)
-        sample = [t for t in texts if t]
+def test_installed_serve_answers_the_librarys_vectors(fresh, converted, sample, tmp_path):
+    with running_server(["--model", str(converted), "--log-level", "warning"], tmp_path / "serve.log",
+                        mlx_embed=fresh / "bin" / "mlx-embed", cwd=tmp_path, env=clean_env()) as url:
         request = urllib.request.Request(url + "/api/embed", data=json.dumps({"input": sample}).encode(),
                                          headers={"content-type": "application/json"})
         got = np.array(json.loads(urllib.request.urlopen(request, timeout=60).read())["embeddings"])
-    finally:
-        process.terminate()
-        process.wait(30)
     np.testing.assert_allclose(got, mqe.load(str(converted)).embed(sample), atol=1e-5)

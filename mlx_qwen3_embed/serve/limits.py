@@ -61,7 +61,7 @@ class _Exchange:
         self.limits, self.scope, self.receive, self.send, self.head = limits, scope, receive, send, head
         self.received = 0
         self.deadline = asyncio.get_running_loop().time() + limits.body_timeout
-        self.body_done = False
+        self.body_done = self.reading = self.late = False
         self.refused: Optional[tuple[int, str]] = None
         self.started = self.responded = False
         self.gone = asyncio.Event()
@@ -69,17 +69,22 @@ class _Exchange:
 
     async def run(self):
         task = asyncio.current_task()
+        # one timer per request for the body's deadline: asyncio.wait_for around each read costs a task and a
+        # timer per read (Python < 3.12)
+        timer = asyncio.get_running_loop().call_at(self.deadline, self.expire, task)
         try:
             await self.limits.app(self.scope, self.read, self.write)
         except asyncio.CancelledError:
-            if not self.gone.is_set():
+            if not (self.gone.is_set() or self.late):
                 raise
-            task.uncancel()  # we cancelled it because the client left: nothing to answer
-            return
+            task.uncancel()  # we cancelled it: the client left (nothing to answer) or its body is late (408)
+            if self.gone.is_set():
+                return
         except Exception:
             if self.refused is None:
                 raise
         finally:
+            timer.cancel()
             if self.watcher is not None:
                 self.watcher.cancel()
         if self.refused is not None and not self.started:
@@ -89,13 +94,14 @@ class _Exchange:
         if self.body_done:  # the app listens for a disconnect: only the watcher reads from now on
             await self.gone.wait()
             return {"type": "http.disconnect"}
-        remaining = self.deadline - asyncio.get_running_loop().time()
+        if asyncio.get_running_loop().time() >= self.deadline:
+            self.refused = self._late_body()
+            raise BodyRefused(self.refused[1])
+        self.reading = True  # while it is set, the deadline's timer cancels this task (expire)
         try:
-            message = await asyncio.wait_for(self.receive(), max(remaining, 0.001))
-        except asyncio.TimeoutError:
-            self.refused = (408, f"the request body did not arrive within {self.limits.body_timeout:g} s "
-                                 f"({self.received} bytes came): send it at once")
-            raise BodyRefused(self.refused[1]) from None
+            message = await self.receive()
+        finally:
+            self.reading = False
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.limits.max_request_bytes:
@@ -108,6 +114,16 @@ class _Exchange:
             self.body_done = True
             self.gone.set()
         return message
+
+    def expire(self, task: asyncio.Task):
+        """The body's deadline passed: a read still waiting is cancelled, and run answers 408."""
+        if self.reading:
+            self.late, self.refused = True, self._late_body()
+            task.cancel()
+
+    def _late_body(self) -> tuple[int, str]:
+        return (408, f"the request body did not arrive within {self.limits.body_timeout:g} s "
+                     f"({self.received} bytes came): send it at once")
 
     async def watch(self, task: asyncio.Task):
         """After the body, the server's next message is http.disconnect: the client left, or we answered."""

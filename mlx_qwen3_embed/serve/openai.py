@@ -170,10 +170,14 @@ def _finish_ids(embedder: Embedder, body: EmbeddingRequest, sequences: list[list
 
 
 def _foreign(embedder: Embedder, sequences: list[list[int]]):
-    """The index of the first id list that is not a Qwen tokenization, else None.
+    """The index of the first id list that decode -> encode does not give back unchanged, else None.
 
-    A text's Qwen ids come back unchanged through decode -> encode; another tokenizer's ids read as Qwen ids
-    decode to a string that Qwen's BPE splits differently (cl100k ids mostly do; a one-token input may pass).
+    What passes is exactly this tokenizer's own tokenization of some text, embedded as that text. Another
+    tokenizer's ids, read as Qwen ids, mostly decode to a string that Qwen's BPE splits differently, but not
+    always: a single id passes whenever its token encodes back to itself (most of the vocabulary does), and so
+    may a short list of whole-word tokens. Such inputs cannot be told from real Qwen ids. A request is refused
+    as a whole as soon as one of its lists fails, so LangChain's tiktoken ids slip through only when every list
+    of the call round-trips: in practice, calls whose texts are all a token or two long.
     """
     again = embedder.tokenizer.encode([embedder.tokenizer.decode(ids) for ids in sequences], 2**62)
     return next((i for i, (ids, back) in enumerate(zip(sequences, again)) if back[:-1] != ids), None)
