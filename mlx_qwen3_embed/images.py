@@ -168,9 +168,8 @@ def preprocess_video(frames: list) -> tuple[Patches, list[float]]:
     """RGB PIL frames (all the same size) -> Patches (t = frames / 2) and each temporal patch's timestamp (s).
 
     As the recipe treats a frame list: at most MAX_FRAMES, sampled evenly; each resized to multiples of 64 px;
-    padded to an even count with the last frame; all resized to multiples of 32 px within the per-frame budget.
-    The second resize is PIL's bicubic where the recipe uses torchvision's antialiased bicubic (not installable
-    beside the CPU torch here); it is the identity whenever the first resize already fits, as for most sizes."""
+    padded to an even count with the last frame; all resized to multiples of 32 px within the per-frame budget
+    with torchvision's antialiased bicubic (resize_frames), as qwen-vl-utils does."""
     if len(frames) > MAX_FRAMES:
         frames = [frames[i] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES, dtype=int)]
     frames = [resize(f, FRAME_MIN_PIXELS, FRAME_MAX_PIXELS, 2 * FACTOR) for f in frames]
@@ -181,8 +180,62 @@ def preprocess_video(frames: list) -> tuple[Patches, list[float]]:
     width, height = frames[0].size
     max_pixels = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / n * TEMPORAL), int(VIDEO_MIN_PIXELS * 1.05))
     h, w = smart_resize(height, width, FACTOR, VIDEO_MIN_PIXELS, max_pixels)
-    if (h, w) != (height, width):
-        frames = [f.resize((w, h), Image.Resampling.BICUBIC) for f in frames]
+    pixels = resize_frames(np.stack([np.asarray(f) for f in frames]), h, w)
     seconds = [i / FRAME_FPS for i in range(n)]
     stamps = [(seconds[i] + seconds[i + TEMPORAL - 1]) / 2 for i in range(0, n, TEMPORAL)]
-    return patchify(np.stack([np.asarray(f) for f in frames])), stamps
+    return patchify(pixels), stamps
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """frames (F, H, W, 3) uint8 -> (F, height, width, 3) uint8, as qwen-vl-utils resizes video frames:
+    torchvision's resize(BICUBIC, antialias=True) of a uint8 tensor, which is torch's antialiased bicubic
+    (Keys a = -0.5, support widened by the scale when shrinking, PIL's bounds) in float32, width then height,
+    then clamp and round half to even. Unchanged when the size already fits (torchvision returns it as is)."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    x = frames.astype(np.float32)
+    if x.shape[2] != width:
+        x = _resample_axis(x, 2, width)
+    if x.shape[1] != height:
+        x = _resample_axis(x, 1, height)
+    return np.round(np.clip(x, 0, 255)).astype(np.uint8)
+
+
+def _resample_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """One separable pass of torch's antialiased bicubic along `axis`, with its float32 rounding."""
+    index, weights, taps = _aa_bicubic_weights(x.shape[axis], size)
+    x = np.moveaxis(x, axis, -1)
+    out = x[..., index[:, 0]] * weights[:, 0]
+    for k in range(1, weights.shape[1]):
+        term = x[..., index[:, k]]
+        # torch's x86-64 kernel: taps 2-5, 6-9, ... added in float32, the last (taps - 1) % 4 with fused multiply-adds
+        fused = k > (taps - 1) // 4 * 4
+        out = np.where(fused, _fma(term, weights[:, k], out), out + term * weights[:, k])
+    return np.moveaxis(out, -1, axis)
+
+
+def _aa_bicubic_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> source indices (out, K), float32 weights (out, K), taps (out,) of each output pixel (torch's
+    _compute_indices_min_size_weights_aa with HelperInterpCubic.aa_filter, computed in float32)."""
+    f32, f64 = np.float32, np.float64
+    scale = f32(in_size) / f32(out_size)
+    support = f32(2) * scale if scale >= 1 else f32(2)
+    inverse = f32(1 / f64(scale)) if scale >= 1 else f32(1)
+    center = (f64(scale) * (np.arange(out_size) + 0.5)).astype(f32)
+    low = np.maximum(((center - support).astype(f64) + 0.5).astype(np.int64), 0)
+    taps = np.minimum(((center + support).astype(f64) + 0.5).astype(np.int64), in_size) - low
+    j = np.arange(int(taps.max()))
+    x = np.abs((((low[:, None] + j).astype(f32) - center[:, None]).astype(f64) + 0.5) * f64(inverse)).astype(f32)
+    a = np.full_like(x, -0.5)  # Keys' cubic as PIL has it; the polynomials fused as the compiler fuses them
+    near = _fma(_fma(a + 2, x, -(a + 3)) * x, x, 1)
+    far = _fma(_fma(_fma(a, x, -5 * a), x, 8 * a), x, -4 * a)
+    weights = np.where(j < taps[:, None], np.where(x < 1, near, np.where(x < 2, far, 0)), 0).astype(f32)
+    total = np.zeros(out_size, f32)
+    for k in range(len(j)):  # summed in order, as torch does
+        total += weights[:, k]
+    return np.minimum(low[:, None] + j, in_size - 1), weights / total[:, None], taps
+
+
+def _fma(a: np.ndarray, b, c) -> np.ndarray:
+    """float32 a * b + c rounded once (a float32 product is exact in float64)."""
+    return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + c).astype(np.float32)

@@ -1,0 +1,202 @@
+"""Qwen3-VL media: video files decoded and sampled as the official recipe does (qwen-vl-utils' fetch_video with
+fps=1, max_frames=64), frames resized as torchvision does, pixels equal to transformers' video processor and
+vectors equal to transformers' model (fp32, cosine >= 0.99999); remote images through the cache, the server and
+the CLI against a loopback http.server."""
+
+import math
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import mlx_qwen3_embed as mqe
+from mlx_qwen3_embed import images, video
+from vl_fixtures import vl_model, vl_reference  # noqa: F401  (session fixtures)
+
+av = pytest.importorskip("av")
+
+COSINE = 0.99999
+CLIPS = {"small": (120, 160, 25, 75), "large": (800, 1056, 10, 24)}  # height, width, fps, frames
+
+
+def write_clip(path: Path, height: int, width: int, fps: int, count: int) -> Path:
+    """A clip of coloured discs moving over a gradient, mpeg4 in mp4."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(count):
+            frame = np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 60 + 3 * i)], -1)
+            for k, colour in enumerate([(255, 40, 40), (40, 255, 80), (60, 60, 255)]):
+                cx = (0.2 + 0.3 * k + 0.01 * i) * width
+                cy = (0.5 + 0.3 * math.sin(i / 5 + k)) * height
+                frame[(xx - cx) ** 2 + (yy - cy) ** 2 < (0.12 * min(height, width)) ** 2] = colour
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.astype(np.uint8), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("clips")
+    return {name: write_clip(folder / f"{name}.mp4", *shape) for name, shape in CLIPS.items()}
+
+
+@pytest.fixture(scope="module")
+def embedder(vl_model):
+    return mqe.load(str(vl_model), dtype="float32")
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def torchvision_resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """torchvision.transforms.functional.resize(uint8 tensor, BICUBIC, antialias=True), as its source does it
+    (torchvision itself does not load beside this machine's torch): float32 interpolate, clamp, round."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.interpolate(x, size=[height, width], mode="bicubic", align_corners=False,
+                                        antialias=True)
+    return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def assert_same_pixels(ours: np.ndarray, ref: np.ndarray) -> None:
+    """Equal on x86-64 (our float32 rounding follows torch's kernel there); elsewhere within 1 level on a few."""
+    if platform.machine() in ("x86_64", "AMD64"):
+        np.testing.assert_array_equal(ours, ref)
+    else:
+        diff = np.abs(ours.astype(int) - ref)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def reference_clip(path: Path):
+    """The recipe's pipeline from other code: transformers' PyAV reader with qwen-vl-utils' smart_nframes (fps=1,
+    max_frames=64, min_frames=4), qwen-vl-utils' smart_resize bounds, torchvision's resize, transformers'
+    Qwen3VLVideoProcessor (do_resize=False, as the recipe calls it) and Qwen3VLProcessor's timestamps."""
+    from transformers import Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+    from transformers.video_utils import read_video_pyav
+
+    def smart_nframes(metadata, **_):
+        total, rate = metadata.total_num_frames, metadata.fps
+        n = min(min(max(total / rate * 1, 4), 64), total) // 2 * 2
+        return torch.linspace(0, total - 1, int(n)).round().long().tolist()
+
+    import transformers.image_processing_backends as backends
+
+    if not hasattr(backends, "tvF"):  # torchvision's normalize, the one call of it the processor makes here
+        backends.tvF = SimpleNamespace(normalize=lambda x, mean, std, inplace=False:
+                                       (x - mean.view(-1, 1, 1)) / std.view(-1, 1, 1))
+    frames, metadata = read_video_pyav(str(path), smart_nframes)
+    h, w = smart_resize(frames.shape[1], frames.shape[2], 32, 128 * 32 * 32, 768 * 32 * 32)
+    resized = torchvision_resize(frames, h, w)
+    processor = Qwen3VLVideoProcessor(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3,
+                                      image_std=[0.5] * 3, cap_pixels_per_frame=True)
+    out = processor(videos=[torch.from_numpy(resized).permute(0, 3, 1, 2)], do_resize=False, do_convert_rgb=False,
+                    do_sample_frames=False, return_tensors="pt")
+    stamps = Qwen3VLProcessor._calculate_timestamps(None, list(metadata.frames_indices), metadata.fps, 2)
+    return frames, metadata, resized, out["pixel_values_videos"].numpy(), tuple(out["video_grid_thw"][0].tolist()), \
+        stamps
+
+
+@dataclass
+class ReferenceVideo:  # what vl_fixtures.Reference reads of a video: its pixels, grid and timestamps
+    pixels: np.ndarray
+    grid: tuple
+    stamps: list
+
+
+# ------------------------------------------------------------------------------------------ resize
+
+@pytest.mark.parametrize("size", [(60, 70), (288, 448), (100, 37), (640, 1152)])
+def test_resize_frames_equals_torchvision(size):
+    """Downscales, upscales and both at once (a different axis each), against torch's antialiased bicubic."""
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (3, 30, 40, 3), dtype=np.uint8)
+    frames = np.stack([np.asarray(images.Image.fromarray(f).resize((320, 240), images.Image.Resampling.BILINEAR))
+                       for f in small])
+    frames[1] = rng.integers(0, 256, frames[1].shape)  # noise: every rounding shows
+    assert_same_pixels(images.resize_frames(frames, *size), torchvision_resize(frames, *size))
+
+
+def test_frame_list_second_resize_equals_torchvision():
+    """A frame list: PIL's resize to multiples of 64 (fetch_image), then torchvision's resize to the per-frame
+    budget: an upscale for small frames, a downscale for large ones."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    rng = np.random.default_rng(5)
+    for height, width in [(90, 120), (1000, 1400)]:
+        frames = [images.Image.fromarray(rng.integers(0, 256, (height // 10, width // 10, 3), dtype=np.uint8))
+                  .resize((width, height), images.Image.Resampling.BILINEAR) for _ in range(4)]
+        patches, _ = images.preprocess_video(frames)
+        h1, w1 = smart_resize(height, width, 64, 4 * 64 * 64, 16384 * 64 * 64)
+        first = np.stack([np.asarray(f.resize((w1, h1), images.Image.Resampling.BICUBIC)) for f in frames])
+        h2, w2 = smart_resize(h1, w1, 32, 128 * 32 * 32, 768 * 32 * 32)
+        assert (h2 * w2 > h1 * w1) == (height < 500)  # really an upscale, then a downscale
+        expected = images.patchify(torchvision_resize(first, h2, w2))
+        assert patches.grid == expected.grid
+        np.testing.assert_array_equal(patches.pixels, expected.pixels)
+
+
+# ------------------------------------------------------------------------------------------ video files
+
+@pytest.mark.parametrize("name", list(CLIPS))
+def test_video_file_frames_and_pixels_equal_the_recipe(clips, name):
+    frames, metadata, _, pixels, grid, stamps = reference_clip(clips[name])
+    ours, indices, rate = video.read_video(str(clips[name]))
+    assert indices == list(metadata.frames_indices) and rate == metadata.fps
+    np.testing.assert_array_equal(ours, frames)
+    patches, our_stamps = video.preprocess_video_file(str(clips[name]))
+    assert patches.grid == grid and our_stamps == stamps
+    assert np.abs(patches.pixels - pixels).max() < 1e-6
+
+
+def test_sampling_follows_smart_nframes():
+    """1 frame a second, at least 4, at most 64, never more than the file has, an even count."""
+    assert video.sample_count(75, 25.0) == 4        # 3 s: raised to the minimum
+    assert video.sample_count(250, 25.0) == 10      # 10 s
+    assert video.sample_count(275, 25.0) == 10      # 11 s: rounded down to even
+    assert video.sample_count(3000, 25.0) == 64     # 2 min: the maximum
+    assert video.sample_count(3, 25.0) == 2 and video.sample_count(1, 25.0) == 0
+
+
+def test_video_file_equals_reference(clips, embedder, vl_reference):
+    refs = []
+    for name in CLIPS:
+        *_, pixels, grid, stamps = reference_clip(clips[name])
+        refs.append(ReferenceVideo(pixels, grid, stamps))
+    items = [{"video": str(clips["small"])}, {"video": clips["large"], "text": "moving discs"}]
+    expected = vl_reference.embed([{"videos": [refs[0]]}, {"videos": [refs[1]], "text": "moving discs"}])
+    assert cosines(embedder.embed(items), expected).min() >= COSINE
+    assert cosines(embedder.embed(items[0]), expected[0]).min() >= COSINE
+
+
+def test_bad_video_files_name_their_index(embedder, tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all")
+    empty = tmp_path / "empty.avi"
+    with av.open(str(empty), "w") as container:  # a video stream that holds no frame
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        container.start_encoding()
+    single = write_clip(tmp_path / "single.mp4", 64, 64, 25, 1)
+    for path, words in [(text, "not a readable video"), (empty, "no frames"), (single, "at least 2"),
+                        (tmp_path / "missing.mp4", "no video file")]:
+        with pytest.raises((ValueError, FileNotFoundError), match=rf"item 1: .*{words}"):
+            embedder.embed(["fine", {"video": str(path)}])
+
+
+def test_video_files_without_pyav_name_the_extra(embedder, clips, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "av", None)
+    with pytest.raises(ImportError, match=r"item 0: .*pip install 'mlx-qwen3-embed\[video\]'"):
+        embedder.embed([{"video": str(clips["small"])}])
