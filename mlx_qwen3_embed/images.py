@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import remote
+
 PATCH = 16            # vision_config.patch_size
 MERGE = 2             # vision_config.spatial_merge_size: 2x2 patches become one LLM token
 TEMPORAL = 2          # vision_config.temporal_patch_size
@@ -63,10 +65,11 @@ def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int 
 
 
 def open_image(source: Any, max_image_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """A path, data URL, bytes, PIL image or uint8 (H, W, 3) array -> an RGB PIL image (RGBA on white).
+    """A path, data URL, http(s) URL already in the image cache (remote.py), bytes, PIL image or uint8 (H, W, 3)
+    array -> an RGB PIL image (RGBA on white).
 
-    Remote URLs are not fetched here (the server does that, when allowed). Raises ImageError (a ValueError) or
-    FileNotFoundError naming the problem."""
+    Remote URLs are never fetched here (remote.fetch_image does that, when the CLI or server is allowed to).
+    Raises ImageError (a ValueError) or FileNotFoundError naming the problem."""
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, np.ndarray):
@@ -77,9 +80,14 @@ def open_image(source: Any, max_image_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
         image = _decode(bytes(source), "the image bytes", max_image_pixels)
     elif isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
-        if text.startswith(("http://", "https://")):
-            raise ImageError(f"remote image {text[:80]} is not fetched: download it and give the path or bytes")
-        if text.startswith("data:"):
+        if remote.is_url(text):  # read from the image cache; the library itself never downloads
+            raw = remote.read_cached(text)
+            if raw is None:
+                raise ImageError(f"remote image {text[:80]} is not in the image cache ({remote.cache_dir()}) and "
+                                 "is not downloaded here: allow it with mlx_qwen3_embed.remote.fetch_image(url) "
+                                 "(the CLI's and server's --allow-remote-images), or give the image's bytes")
+            image = _decode(raw, text[:80], max_image_pixels)
+        elif text.startswith("data:"):
             header, _, data = text.partition(",")
             if not header.startswith("data:image/") or not header.endswith(";base64"):
                 raise ImageError(f"a data URL must be data:image/...;base64,..., got {header[:40]!r}")

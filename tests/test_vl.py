@@ -149,7 +149,7 @@ def test_bad_items_name_their_index(embedder, tmp_path, pictures):
         ({"instruction": "only this"}, ValueError, "none of text, image and video"),
         ({"txt": "typo"}, ValueError, "unknown key 'txt'"),
         ({"image": np.zeros((8, 8), dtype=np.float32)}, ValueError, "uint8"),
-        ({"image": "https://example.com/a.png"}, ValueError, "not fetched"),
+        ({"image": "https://example.com/a.png"}, ValueError, "not in the image cache"),
         (42, TypeError, "must be a str or a dict"),
     ]
     for item, error, words in cases:

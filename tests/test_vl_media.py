@@ -3,18 +3,26 @@ fps=1, max_frames=64), frames resized as torchvision does, pixels equal to trans
 vectors equal to transformers' model (fp32, cosine >= 0.99999); remote images through the cache, the server and
 the CLI against a loopback http.server."""
 
+import http.server
+import io
+import json
 import math
 import platform
+import re
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import fastapi.testclient
 import numpy as np
 import pytest
 import torch
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed import images, video
+from mlx_qwen3_embed import images, remote, video
+from mlx_qwen3_embed.serve.app import create_app
 from vl_fixtures import vl_model, vl_reference  # noqa: F401  (session fixtures)
 
 av = pytest.importorskip("av")
@@ -200,3 +208,180 @@ def test_video_files_without_pyav_name_the_extra(embedder, clips, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "av", None)
     with pytest.raises(ImportError, match=r"item 0: .*pip install 'mlx-qwen3-embed\[video\]'"):
         embedder.embed([{"video": str(clips["small"])}])
+
+
+# ------------------------------------------------------------------------------------------ remote images
+
+class Site(http.server.BaseHTTPRequestHandler):
+    """A loopback web site: an image, a text, redirects, a 404, a slow answer, a body without a length."""
+    pages: dict = {}
+    hits = 0
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        type(self).hits += 1
+        route = self.pages.get(self.path)
+        if route is None:
+            self.send_error(404, "Not Found")
+        elif route[0] == "redirect":
+            self.send_response(302)
+            self.send_header("Location", route[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif route[0] == "slow":
+            time.sleep(route[1])
+            self.send_error(503)
+        else:
+            kind, body = route
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            if kind != "unsized":
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+def png_bytes(height: int, width: int, seed: int) -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    images.Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def site():
+    """-> the base URL of a threaded http.server on 127.0.0.1 serving Site.pages."""
+    picture = png_bytes(70, 90, 0)
+    Site.pages = {"/pic.png": ("image/png", picture), "/other.png": ("image/png", png_bytes(64, 64, 1)),
+                  "/notes.txt": ("text/plain", b"not an image"), "/big.png": ("image/png", png_bytes(200, 200, 2)),
+                  "/stream.png": ("unsized", png_bytes(200, 200, 2)), "/redirect": ("redirect", "/pic.png"),
+                  "/loop": ("redirect", "/loop"), "/ftp": ("redirect", "ftp://127.0.0.1/pic.png"),
+                  "/slow": ("slow", 2.0)}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", picture
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def image_cache(tmp_path, monkeypatch) -> Path:
+    """Each test its own empty image cache."""
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "image-cache"))
+    return tmp_path / "image-cache"
+
+
+def test_fetched_url_is_read_from_the_cache_without_the_network(site, embedder, image_cache):
+    base, picture = site
+    assert remote.fetch_image(base + "/pic.png") == picture
+    assert remote.cache_path(base + "/pic.png").parent == image_cache
+    assert remote.cache_path(base + "/pic.png").read_bytes() == picture
+    hits = Site.hits
+    got = embedder.embed([{"image": base + "/pic.png", "text": "a"}])
+    assert Site.hits == hits  # read from the cache, not fetched again
+    np.testing.assert_array_equal(got, embedder.embed([{"image": picture, "text": "a"}]))
+    assert remote.fetch_image(base + "/pic.png") == picture and Site.hits == hits
+
+
+def test_library_refuses_a_url_not_in_the_cache(site, embedder):
+    base, _ = site
+    hits = Site.hits
+    with pytest.raises(ValueError, match=r"item 1: remote image .* not in the image cache .*fetch_image"):
+        embedder.embed(["fine", {"image": base + "/pic.png"}])
+    assert Site.hits == hits  # the library never downloads
+
+
+@pytest.mark.parametrize("path, words", [
+    ("/notes.txt", "not a readable image"),
+    ("/missing.png", "HTTP 404"),
+    ("/big.png", "over the cap of 1,000 bytes"),
+    ("/stream.png", "over the cap of 1,000 bytes"),
+    ("/loop", "redirects more than 3 times"),
+    ("/ftp", "not http(s)"),
+    ("/slow", "timed out"),
+])
+def test_fetch_refuses_and_caches_nothing(site, image_cache, monkeypatch, path, words):
+    monkeypatch.setattr(remote, "MAX_BYTES", 1000 if "big" in path or "stream" in path else remote.MAX_BYTES)
+    monkeypatch.setattr(remote, "TIMEOUT", 0.5)
+    base, _ = site
+    with pytest.raises(ValueError, match=re.escape(words)):
+        remote.fetch_image(base + path)
+    assert not image_cache.exists() or not any(image_cache.iterdir())
+
+
+def test_fetch_applies_the_decoded_pixel_cap_and_follows_redirects(site, image_cache):
+    base, picture = site
+    with pytest.raises(ValueError, match="over the cap of 100 pixels"):
+        remote.fetch_image(base + "/pic.png", max_image_pixels=100)
+    assert not image_cache.exists() or not any(image_cache.iterdir())
+    assert remote.fetch_image(base + "/redirect") == picture
+    for url in ["file:///etc/hostname", "ftp://127.0.0.1/a.png"]:
+        with pytest.raises(ValueError, match="only http:// and https://"):
+            remote.fetch_image(url)
+
+
+@pytest.fixture(scope="module")
+def clients(embedder):
+    """-> (a server started with allow_remote_images, one without)."""
+    with fastapi.testclient.TestClient(create_app(embedder, allow_remote_images=True)) as allowed, \
+            fastapi.testclient.TestClient(create_app(embedder)) as refused:
+        yield allowed, refused
+
+
+def test_server_fetches_urls_when_allowed(site, clients, embedder, image_cache):
+    base, picture = site
+    allowed, _ = clients
+    body = {"input": [{"image": base + "/pic.png", "text": "a photo"}, {"image": base + "/other.png"}]}
+    response = allowed.post("/v1/embeddings", json=body)
+    assert response.status_code == 200, response.text
+    got = np.array([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
+    expected = embedder.embed([{"image": picture, "text": "a photo"}, {"image": Site.pages["/other.png"][1]}])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert remote.cache_path(base + "/pic.png").read_bytes() == picture  # stored in the cache
+
+
+def test_server_refuses_urls_without_the_flag(site, clients, image_cache):
+    base, _ = site
+    _, refused = clients
+    hits = Site.hits
+    response = refused.post("/v1/embeddings", json={"input": ["fine", {"image": base + "/pic.png"}]})
+    assert response.status_code == 400 and Site.hits == hits
+    error = response.json()["error"]
+    assert error["message"].startswith("input[1]") and "--allow-remote-images" in error["message"]
+    assert error["param"] == "input" and error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("path, words", [("/notes.txt", "not a readable image"), ("/missing.png", "HTTP 404"),
+                                         ("/big.png", "over the cap")])
+def test_server_answers_bad_urls_with_400(site, clients, monkeypatch, path, words):
+    monkeypatch.setattr(remote, "MAX_BYTES", 1000)
+    base, _ = site
+    allowed, _ = clients
+    response = allowed.post("/v1/embeddings", json={"input": [{"text": "fine"}, {"image": base + path}]})
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert message.startswith("input[1].image") and words in message
+
+
+def test_cli_fetches_urls_only_with_the_flag(site, vl_model, embedder, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mlx_qwen3_embed.cli import app
+
+    monkeypatch.delenv("MLX_EMBED_DEBUG", raising=False)
+    base, picture = site
+    runner = CliRunner()
+    refused = runner.invoke(app, ["embed", "--model", str(vl_model), "--image", base + "/pic.png"])
+    assert refused.exit_code == 1 and "--allow-remote-images" in refused.output
+    result = runner.invoke(app, ["embed", "--model", str(vl_model), "--image", base + "/pic.png", "--text", "a",
+                                 "--allow-remote-images"])
+    assert result.exit_code == 0, result.output
+    got = np.array([json.loads(line)["embedding"] for line in result.stdout.splitlines()], dtype=np.float32)
+    np.testing.assert_allclose(got, embedder.embed([{"image": picture, "text": "a"}]), atol=1e-5)
+    # now cached: read without the flag, and without the network
+    hits = Site.hits
+    again = runner.invoke(app, ["embed", "--model", str(vl_model), "--image", base + "/pic.png", "--text", "a"])
+    assert again.exit_code == 0 and again.stdout == result.stdout and Site.hits == hits
