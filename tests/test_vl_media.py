@@ -217,7 +217,7 @@ class Site(http.server.BaseHTTPRequestHandler):
     pages: dict = {}
     hits = 0
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         type(self).hits += 1
         route = self.pages.get(self.path)
         if route is None:
@@ -385,3 +385,16 @@ def test_cli_fetches_urls_only_with_the_flag(site, vl_model, embedder, monkeypat
     hits = Site.hits
     again = runner.invoke(app, ["embed", "--model", str(vl_model), "--image", base + "/pic.png", "--text", "a"])
     assert again.exit_code == 0 and again.stdout == result.stdout and Site.hits == hits
+
+
+def test_cli_embeds_video_files_from_json_lines(clips, vl_model, embedder, tmp_path):
+    from typer.testing import CliRunner
+
+    from mlx_qwen3_embed.cli import app
+
+    items = [{"video": str(clips["small"]), "text": "discs"}, {"text": "plain"}]
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(item) for item in items))
+    result = CliRunner().invoke(app, ["embed", "--model", str(vl_model), "--file", str(tmp_path / "items.jsonl")])
+    assert result.exit_code == 0, result.output
+    got = np.array([json.loads(line)["embedding"] for line in result.stdout.splitlines()], dtype=np.float32)
+    np.testing.assert_allclose(got, embedder.embed(items), atol=1e-5)
