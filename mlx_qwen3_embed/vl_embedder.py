@@ -79,9 +79,10 @@ class VLEmbedder:
               normalize: bool = True, batch_tokens: Optional[int] = None) -> np.ndarray:
         """Items -> float32 vectors: one item gives (dim,), a list of N items gives (N, dim).
 
-        An item is a str (text) or a dict with "text", "image" (a path, data URL, bytes, PIL image or uint8
-        (H, W, 3) array, or a list of them), "video" (a video file's path, or a list of frames, each as an image) and an optional
-        "instruction" (default: the `instruction` argument, else "Represent the user's input.").
+        An item is a str (text) or a dict with "text", "image" (a path, data URL, http(s) URL already in the
+        image cache, bytes, PIL image or uint8 (H, W, 3) array, or a list of them), "video" (a video file's path,
+        or a list of frames, each as an image) and an optional "instruction" (default: the `instruction`
+        argument, else "Represent the user's input.").
         dim: Matryoshka size (first `dim` values, then normalised).
         """
         single = isinstance(items, (str, dict))
