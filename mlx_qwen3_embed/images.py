@@ -199,27 +199,39 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     torchvision's resize(BICUBIC, antialias=True) of a uint8 tensor, which is torch's antialiased bicubic
     (Keys a = -0.5, support widened by the scale when shrinking, PIL's bounds) in float32, width then height,
     then clamp and round half to even. Unchanged when the size already fits (torchvision returns it as is)."""
-    if frames.shape[1:3] == (height, width):
+    _, H, W, _ = frames.shape
+    if (H, W) == (height, width):
         return frames
-    x = frames.astype(np.float32)
-    if x.shape[2] != width:
-        x = _resample_axis(x, 2, width)
-    if x.shape[1] != height:
-        x = _resample_axis(x, 1, height)
-    return np.round(np.clip(x, 0, 255)).astype(np.uint8)
+    across = _aa_bicubic_weights(W, width) if W != width else None
+    down = _aa_bicubic_weights(H, height) if H != height else None
+    out = np.empty((len(frames), height, width, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):  # a frame at a time: float64 temporaries of a whole video would not fit
+        x = frame.astype(np.float32)
+        if across is not None:
+            x = _resample_axis(x, 1, across)
+        if down is not None:
+            x = _resample_axis(x, 0, down)
+        out[i] = np.round(np.clip(x, 0, 255))
+    return out
 
 
-def _resample_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+def _resample_axis(x: np.ndarray, axis: int, table: tuple) -> np.ndarray:
     """One separable pass of torch's antialiased bicubic along `axis`, with its float32 rounding."""
-    index, weights, taps = _aa_bicubic_weights(x.shape[axis], size)
-    x = np.moveaxis(x, axis, -1)
-    out = x[..., index[:, 0]] * weights[:, 0]
+    index, weights, taps = table
+    x = np.ascontiguousarray(np.moveaxis(x, axis, 0))  # gather whole rows: fast whichever the axis
+    weights = weights.reshape(*weights.shape, *[1] * (x.ndim - 1))
+    out = x[index[:, 0]] * weights[:, 0]
     for k in range(1, weights.shape[1]):
-        term = x[..., index[:, k]]
+        term, weight = x[index[:, k]], weights[:, k]
         # torch's x86-64 kernel: taps 2-5, 6-9, ... added in float32, the last (taps - 1) % 4 with fused multiply-adds
         fused = k > (taps - 1) // 4 * 4
-        out = np.where(fused, _fma(term, weights[:, k], out), out + term * weights[:, k])
-    return np.moveaxis(out, -1, axis)
+        if fused.all():
+            out = _fma(term, weight, out)
+        elif not fused.any():
+            out = out + term * weight
+        else:
+            out = np.where(fused.reshape(weight.shape), _fma(term, weight, out), out + term * weight)
+    return np.moveaxis(out, 0, axis)
 
 
 def _aa_bicubic_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -33,10 +33,13 @@ def sample_count(total: int, video_fps: float, fps: float = FPS, min_frames: int
     return math.floor(min(max(wanted, low), high, total) / even) * even
 
 
-def read_video(path: str, max_image_pixels: int = images.MAX_IMAGE_PIXELS) -> tuple[np.ndarray, list[int], float]:
+def read_video(path: str, max_image_pixels: int = images.MAX_IMAGE_PIXELS, resize: bool = False
+               ) -> tuple[np.ndarray, list[int], float]:
     """A video file -> (frames (n, H, W, 3) uint8, their indices in the file, the file's frame rate).
 
-    The frames are qwen-vl-utils' sample: `sample_count` of them at linspace(0, total - 1, n) rounded.
+    The frames are qwen-vl-utils' sample: `sample_count` of them at linspace(0, total - 1, n) rounded (n is even,
+    so no index lands on a .5 where torch's float32 linspace could round otherwise). resize: each frame resized
+    as it is decoded to multiples of 32 px within the per-frame bounds (memory stays at the sampled frames' size).
     Raises FileNotFoundError, ImportError (PyAV missing) or ValueError (not a video, too few frames)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no video file at {path}")
@@ -67,7 +70,8 @@ def read_video(path: str, max_image_pixels: int = images.MAX_IMAGE_PIXELS) -> tu
             container.seek(0)
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
-                    frames[i] = frame.to_ndarray(format="rgb24")
+                    frames[i] = _resized(frame.to_ndarray(format="rgb24")) if resize else \
+                        frame.to_ndarray(format="rgb24")
                 if i >= indices[-1]:
                     break
     except images.ImageError:
@@ -85,9 +89,14 @@ def preprocess_video_file(path: str, max_image_pixels: int = images.MAX_IMAGE_PI
                           ) -> tuple[images.Patches, list[float]]:
     """A video file -> Patches and each temporal patch's timestamp in seconds (the mean time of its two frames,
     as the Qwen3-VL processor writes them into the prompt)."""
-    frames, indices, rate = read_video(path, max_image_pixels)
-    _, height, width, _ = frames.shape
-    h, w = images.smart_resize(height, width, images.FACTOR, MIN_PIXELS, MAX_PIXELS)
+    frames, indices, rate = read_video(path, max_image_pixels, resize=True)
     seconds = [i / rate for i in indices]
     stamps = [(seconds[i] + seconds[i + 1]) / 2 for i in range(0, len(seconds), images.TEMPORAL)]
-    return images.patchify(images.resize_frames(frames, h, w)), stamps
+    return images.patchify(frames), stamps
+
+
+def _resized(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> resized to qwen-vl-utils' size for video frames (torchvision's antialiased bicubic)."""
+    height, width, _ = frame.shape
+    h, w = images.smart_resize(height, width, images.FACTOR, MIN_PIXELS, MAX_PIXELS)
+    return images.resize_frames(frame[None], h, w)[0]
