@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import remote
+
 PATCH = 16            # vision_config.patch_size
 MERGE = 2             # vision_config.spatial_merge_size: 2x2 patches become one LLM token
 TEMPORAL = 2          # vision_config.temporal_patch_size
@@ -63,10 +65,11 @@ def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int 
 
 
 def open_image(source: Any, max_image_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """A path, data URL, bytes, PIL image or uint8 (H, W, 3) array -> an RGB PIL image (RGBA on white).
+    """A path, data URL, http(s) URL already in the image cache (remote.py), bytes, PIL image or uint8 (H, W, 3)
+    array -> an RGB PIL image (RGBA on white).
 
-    Remote URLs are not fetched here (the server does that, when allowed). Raises ImageError (a ValueError) or
-    FileNotFoundError naming the problem."""
+    Remote URLs are never fetched here (remote.fetch_image does that, when the CLI or server is allowed to).
+    Raises ImageError (a ValueError) or FileNotFoundError naming the problem."""
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, np.ndarray):
@@ -77,9 +80,14 @@ def open_image(source: Any, max_image_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
         image = _decode(bytes(source), "the image bytes", max_image_pixels)
     elif isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
-        if text.startswith(("http://", "https://")):
-            raise ImageError(f"remote image {text[:80]} is not fetched: download it and give the path or bytes")
-        if text.startswith("data:"):
+        if remote.is_url(text):  # read from the image cache; the library itself never downloads
+            raw = remote.read_cached(text)
+            if raw is None:
+                raise ImageError(f"remote image {text[:80]} is not in the image cache ({remote.cache_dir()}) and "
+                                 "is not downloaded here: allow it with mlx_qwen3_embed.remote.fetch_image(url) "
+                                 "(the CLI's and server's --allow-remote-images), or give the image's bytes")
+            image = _decode(raw, text[:80], max_image_pixels)
+        elif text.startswith("data:"):
             header, _, data = text.partition(",")
             if not header.startswith("data:image/") or not header.endswith(";base64"):
                 raise ImageError(f"a data URL must be data:image/...;base64,..., got {header[:40]!r}")
@@ -168,9 +176,8 @@ def preprocess_video(frames: list) -> tuple[Patches, list[float]]:
     """RGB PIL frames (all the same size) -> Patches (t = frames / 2) and each temporal patch's timestamp (s).
 
     As the recipe treats a frame list: at most MAX_FRAMES, sampled evenly; each resized to multiples of 64 px;
-    padded to an even count with the last frame; all resized to multiples of 32 px within the per-frame budget.
-    The second resize is PIL's bicubic where the recipe uses torchvision's antialiased bicubic (not installable
-    beside the CPU torch here); it is the identity whenever the first resize already fits, as for most sizes."""
+    padded to an even count with the last frame; all resized to multiples of 32 px within the per-frame budget
+    with torchvision's antialiased bicubic (resize_frames), as qwen-vl-utils does."""
     if len(frames) > MAX_FRAMES:
         frames = [frames[i] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES, dtype=int)]
     frames = [resize(f, FRAME_MIN_PIXELS, FRAME_MAX_PIXELS, 2 * FACTOR) for f in frames]
@@ -181,8 +188,74 @@ def preprocess_video(frames: list) -> tuple[Patches, list[float]]:
     width, height = frames[0].size
     max_pixels = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / n * TEMPORAL), int(VIDEO_MIN_PIXELS * 1.05))
     h, w = smart_resize(height, width, FACTOR, VIDEO_MIN_PIXELS, max_pixels)
-    if (h, w) != (height, width):
-        frames = [f.resize((w, h), Image.Resampling.BICUBIC) for f in frames]
+    pixels = resize_frames(np.stack([np.asarray(f) for f in frames]), h, w)
     seconds = [i / FRAME_FPS for i in range(n)]
     stamps = [(seconds[i] + seconds[i + TEMPORAL - 1]) / 2 for i in range(0, n, TEMPORAL)]
-    return patchify(np.stack([np.asarray(f) for f in frames])), stamps
+    return patchify(pixels), stamps
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """frames (F, H, W, 3) uint8 -> (F, height, width, 3) uint8, as qwen-vl-utils resizes video frames:
+    torchvision's resize(BICUBIC, antialias=True) of a uint8 tensor, which is torch's antialiased bicubic
+    (Keys a = -0.5, support widened by the scale when shrinking, PIL's bounds) in float32, width then height,
+    then clamp and round half to even. Unchanged when the size already fits (torchvision returns it as is)."""
+    _, H, W, _ = frames.shape
+    if (H, W) == (height, width):
+        return frames
+    across = _aa_bicubic_weights(W, width) if W != width else None
+    down = _aa_bicubic_weights(H, height) if H != height else None
+    out = np.empty((len(frames), height, width, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):  # a frame at a time: float64 temporaries of a whole video would not fit
+        x = frame.astype(np.float32)
+        if across is not None:
+            x = _resample_axis(x, 1, across)
+        if down is not None:
+            x = _resample_axis(x, 0, down)
+        out[i] = np.round(np.clip(x, 0, 255))
+    return out
+
+
+def _resample_axis(x: np.ndarray, axis: int, table: tuple) -> np.ndarray:
+    """One separable pass of torch's antialiased bicubic along `axis`, with its float32 rounding."""
+    index, weights, taps = table
+    x = np.ascontiguousarray(np.moveaxis(x, axis, 0))  # gather whole rows: fast whichever the axis
+    weights = weights.reshape(*weights.shape, *[1] * (x.ndim - 1))
+    out = x[index[:, 0]] * weights[:, 0]
+    for k in range(1, weights.shape[1]):
+        term, weight = x[index[:, k]], weights[:, k]
+        # torch's x86-64 kernel: taps 2-5, 6-9, ... added in float32, the last (taps - 1) % 4 with fused multiply-adds
+        fused = k > (taps - 1) // 4 * 4
+        if fused.all():
+            out = _fma(term, weight, out)
+        elif not fused.any():
+            out = out + term * weight
+        else:
+            out = np.where(fused.reshape(weight.shape), _fma(term, weight, out), out + term * weight)
+    return np.moveaxis(out, 0, axis)
+
+
+def _aa_bicubic_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> source indices (out, K), float32 weights (out, K), taps (out,) of each output pixel (torch's
+    _compute_indices_min_size_weights_aa with HelperInterpCubic.aa_filter, computed in float32)."""
+    f32, f64 = np.float32, np.float64
+    scale = f32(in_size) / f32(out_size)
+    support = f32(2) * scale if scale >= 1 else f32(2)
+    inverse = f32(1 / f64(scale)) if scale >= 1 else f32(1)
+    center = (f64(scale) * (np.arange(out_size) + 0.5)).astype(f32)
+    low = np.maximum(((center - support).astype(f64) + 0.5).astype(np.int64), 0)
+    taps = np.minimum(((center + support).astype(f64) + 0.5).astype(np.int64), in_size) - low
+    j = np.arange(int(taps.max()))
+    x = np.abs((((low[:, None] + j).astype(f32) - center[:, None]).astype(f64) + 0.5) * f64(inverse)).astype(f32)
+    a = np.full_like(x, -0.5)  # Keys' cubic as PIL has it; the polynomials fused as the compiler fuses them
+    near = _fma(_fma(a + 2, x, -(a + 3)) * x, x, 1)
+    far = _fma(_fma(_fma(a, x, -5 * a), x, 8 * a), x, -4 * a)
+    weights = np.where(j < taps[:, None], np.where(x < 1, near, np.where(x < 2, far, 0)), 0).astype(f32)
+    total = np.zeros(out_size, f32)
+    for k in range(len(j)):  # summed in order, as torch does
+        total += weights[:, k]
+    return np.minimum(low[:, None] + j, in_size - 1), weights / total[:, None], taps
+
+
+def _fma(a: np.ndarray, b, c) -> np.ndarray:
+    """float32 a * b + c rounded once (a float32 product is exact in float64)."""
+    return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + c).astype(np.float32)

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 from . import images as _images
 from . import pooling as _pooling
+from . import video as _video
 from .batching import run_batches
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3_vl import MRows, Qwen3VL, VLArgs
@@ -78,9 +79,10 @@ class VLEmbedder:
               normalize: bool = True, batch_tokens: Optional[int] = None) -> np.ndarray:
         """Items -> float32 vectors: one item gives (dim,), a list of N items gives (N, dim).
 
-        An item is a str (text) or a dict with "text", "image" (a path, data URL, bytes, PIL image or uint8
-        (H, W, 3) array, or a list of them), "video" (a list of frames, each as an image) and an optional
-        "instruction" (default: the `instruction` argument, else "Represent the user's input.").
+        An item is a str (text) or a dict with "text", "image" (a path, data URL, http(s) URL already in the
+        image cache, bytes, PIL image or uint8 (H, W, 3) array, or a list of them), "video" (a video file's path,
+        or a list of frames, each as an image) and an optional "instruction" (default: the `instruction`
+        argument, else "Represent the user's input.").
         dim: Matryoshka size (first `dim` values, then normalised).
         """
         single = isinstance(items, (str, dict))
@@ -150,17 +152,19 @@ class VLEmbedder:
         return Prepared(ids, positions, visuals)
 
     def _video(self, video: Any, index: int):
-        """A list of frames -> (images.Patches, timestamps), errors naming the item."""
-        if isinstance(video, (str, os.PathLike)):
-            raise ValueError(f"item {index}'s video is a file: video files are not decoded here, give its frames "
-                             "as a list of images (e.g. sampled at 2 fps)")
-        if not isinstance(video, (list, tuple)):
-            raise TypeError(f"item {index}'s video must be a list of frames, got {type(video).__name__}")
+        """A video file's path or a list of frames -> (images.Patches, timestamps), errors naming the item."""
+        if isinstance(video, (str, os.PathLike)) and os.fspath(video).startswith(("http://", "https://")):
+            raise ValueError(f"item {index}'s video is a URL: download it and give the file's path")
+        if not isinstance(video, (str, os.PathLike, list, tuple)):
+            raise TypeError(f"item {index}'s video must be a file path or a list of frames, "
+                            f"got {type(video).__name__}")
         if not video:
             raise ValueError(f"item {index}'s video has no frames")
         try:
+            if isinstance(video, (str, os.PathLike)):
+                return _video.preprocess_video_file(os.fspath(video), self.max_image_pixels)
             return _images.preprocess_video([_images.open_image(f, self.max_image_pixels) for f in video])
-        except (ValueError, TypeError, FileNotFoundError) as e:
+        except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
             raise type(e)(f"item {index}: {e}") from None
 
     def _encode(self, text: str) -> list[int]:

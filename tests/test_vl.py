@@ -149,7 +149,7 @@ def test_bad_items_name_their_index(embedder, tmp_path, pictures):
         ({"instruction": "only this"}, ValueError, "none of text, image and video"),
         ({"txt": "typo"}, ValueError, "unknown key 'txt'"),
         ({"image": np.zeros((8, 8), dtype=np.float32)}, ValueError, "uint8"),
-        ({"image": "https://example.com/a.png"}, ValueError, "not fetched"),
+        ({"image": "https://example.com/a.png"}, ValueError, "not in the image cache"),
         (42, TypeError, "must be a str or a dict"),
     ]
     for item, error, words in cases:
@@ -257,7 +257,7 @@ def test_video_equals_reference(embedder, vl_reference, frames, pictures):
 
 def test_bad_videos_name_their_index(embedder, tmp_path):
     for video, error, words in [([], ValueError, "video has no frames"),
-                                (str(tmp_path / "clip.mp4"), ValueError, "video files are not decoded"),
+                                (str(tmp_path / "clip.mp4"), FileNotFoundError, "no video file"),
                                 ([picture(64, 64, 0), picture(128, 64, 1)], ValueError, "one size"),
                                 ([b"not an image"], ValueError, "not a readable image")]:
         with pytest.raises(error, match=rf"item 1.*{words}"):

@@ -49,7 +49,7 @@ def test_items_equal_library(client, embedder, png):
 
 @pytest.mark.parametrize("image, words", [
     ("/etc/hostname", "neither a data URL nor valid base64"),
-    ("https://example.com/a.png", "does not fetch images"),
+    ("https://example.com/a.png", "--allow-remote-images"),
     (base64.b64encode(b"not an image").decode(), "not a readable image"),
 ])
 def test_bad_images_are_400_naming_the_input(client, image, words):

@@ -152,7 +152,8 @@ class Reference:
                 while "<|vision_start|><|video_pad|><|vision_end|>" in text:
                     v = next(queue)
                     t, h, w = v.grid
-                    stamps = Qwen3VLProcessor._calculate_timestamps(None, list(range(2 * t)), 2.0, 2)
+                    stamps = getattr(v, "stamps", None) or \
+                        Qwen3VLProcessor._calculate_timestamps(None, list(range(2 * t)), 2.0, 2)
                     placeholder = "".join(f"<{s:.1f} seconds><|vision_start|>" + "<|video_pad|>" * (h * w // 4)
                                           + "<|vision_end|>" for s in stamps)
                     text = text.replace("<|vision_start|><|video_pad|><|vision_end|>", placeholder, 1)

@@ -54,6 +54,9 @@ def embed(
                                            "(Qwen3-VL models); repeatable."),
     text: str | None = typer.Option(None, "--text", help="The text that goes with each --image."),
     layer: int | None = typer.Option(None, help="Qwen3-VL: the hidden state to pool (default: the final one)."),
+    allow_remote_images: bool = typer.Option(False, "--allow-remote-images",
+                                             help="Qwen3-VL: download http(s) --image URLs (and --file ones) into "
+                                                  "the image cache; without it only URLs already there are read."),
 ):
     """Embed texts (or, with a Qwen3-VL model, images and mixed items); print one JSON line per item:
     {"index", "embedding", "tokens"}.
@@ -64,12 +67,13 @@ def embed(
     """
 
     from .. import load
-    from .vl_items import embed_items, is_vl, read_items
+    from .vl_items import embed_items, fetch_remote_images, is_vl, read_items
 
     if image or text is not None or layer is not None or is_vl(model or default_model()):
         if prompt_name is not None or prompt is not None:
             raise ValueError("--prompt-name and --prompt are for Qwen3 text models; use --instruction")
         items = read_items(texts or [], file, image or [], text)
+        fetch_remote_images(items, allow_remote_images)
         embedder = load(model or default_model(), device=device, dtype=dtype, max_length=max_length,
                         pooling=pooling, layer=layer)
         if not hasattr(embedder, "embed_prepared"):

@@ -38,6 +38,9 @@ def serve(
     cors_origin: list[str] = typer.Option([], help="Origin browsers may call from (repeatable; none by default)."),
     public_metrics: bool = typer.Option(False, help="Serve /metrics without the API key."),
     cache_size: int = typer.Option(0, help="Keep the vectors of the last N distinct inputs (0: no cache)."),
+    allow_remote_images: bool = typer.Option(
+        False, "--allow-remote-images", help="Qwen3-VL: let /v1/embeddings items give http(s) image URLs, which "
+                                             "the server downloads into the image cache (10 s, 20 MB caps)."),
 ):
     """Serve OpenAI-compatible POST /v1/embeddings (+ /v1/models, /health, /metrics), batching across requests;
     with --reranker also Cohere/Jina /v1/rerank, /v2/rerank and TEI /rerank."""
@@ -57,6 +60,7 @@ def serve(
                                  batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
                                  max_queue=max_queue, max_inputs=max_inputs, max_request_bytes=max_request_bytes,
                                  cors_origins=tuple(cors_origin), public_metrics=public_metrics,
+                                 allow_remote_images=allow_remote_images,
                                  **_given(body_timeout=body_timeout))
         if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
             typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)

@@ -22,7 +22,8 @@ def is_vl(model: str) -> bool:
 
 def read_items(texts: list[str], file: Optional[str], images: list[str], caption: Optional[str]) -> list:
     """Items from text arguments, --image paths (each one item, with --text as its text) and a --file of
-    JSON Lines, each line {"text": ..., "image": "path", "video": ["frame", ...], "instruction": ...}."""
+    JSON Lines, each line {"text": ..., "image": "path or URL", "video": "clip.mp4" or ["frame", ...],
+    "instruction": ...}."""
     if caption is not None and not images:
         raise ValueError("--text goes with --image (an image and its text, one item); give plain texts as arguments")
     items: list = [{"image": path} | ({"text": caption} if caption is not None else {}) for path in images]
@@ -32,6 +33,23 @@ def read_items(texts: list[str], file: Optional[str], images: list[str], caption
     if not items:
         raise ValueError("no items: give texts as arguments, --image PATH, or --file items.jsonl")
     return items
+
+
+def fetch_remote_images(items: list, allow: bool) -> None:
+    """Download the items' http(s) image URLs into the image cache (remote.py) when `allow`; without it a URL
+    not already there is an error naming --allow-remote-images. The library then reads them from the cache."""
+    from .. import remote
+
+    for item in items:
+        sources = item.get("image") if isinstance(item, dict) else None
+        for source in sources if isinstance(sources, list) else [sources]:
+            if not remote.is_url(source):
+                continue
+            if allow:
+                remote.fetch_image(source)
+            elif remote.read_cached(source) is None:
+                raise ValueError(f"image {source[:80]} is a remote URL: add --allow-remote-images to download it "
+                                 f"(into {remote.cache_dir()})")
 
 
 def _read(file: str) -> str:

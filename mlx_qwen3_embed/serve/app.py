@@ -39,7 +39,7 @@ def create_app(embedder: Optional[Embedder], *, reranker: Optional[Reranker] = N
                batch_tokens: Optional[int] = None, max_batch_requests: int = 256, max_queue: int = 1024,
                max_inputs: int = MAX_INPUTS, max_request_bytes: Optional[int] = None,
                body_timeout: float = BODY_TIMEOUT, cors_origins: tuple[str, ...] = (),
-               public_metrics: bool = False) -> FastAPI:
+               public_metrics: bool = False, allow_remote_images: bool = False) -> FastAPI:
     """The FastAPI app serving `embedder` and/or `reranker`; its BatchWorker starts and stops with the app's lifespan.
 
     reranker: adds Cohere's /v1/rerank and /v2/rerank and TEI's /rerank (rerank.py); either model may be None.
@@ -48,6 +48,8 @@ def create_app(embedder: Optional[Embedder], *, reranker: Optional[Reranker] = N
     batch_tokens, max_batch_requests, max_queue: see BatchWorker. max_inputs: inputs per request.
     max_request_bytes: body cap, 413 past it (default: max_inputs x max_length x BYTES_PER_TOKEN).
     body_timeout: seconds for the whole body to arrive, 408 after. cors_origins: origins browsers may call from.
+    allow_remote_images: a Qwen3-VL model's /v1/embeddings items may give http(s) image URLs, which the server
+    downloads (remote.py's time, byte and redirect limits) into the image cache; off, they are a 400.
     """
     if embedder is None and reranker is None:
         raise ValueError("give an embedder, a reranker or both to serve")
@@ -109,7 +111,8 @@ def create_app(embedder: Optional[Embedder], *, reranker: Optional[Reranker] = N
         return error_response(request.url.path, 400, f"{param or 'body'}: {first['msg']}", param, code)
 
     if embedder is not None:
-        openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
+        openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started,
+                          allow_remote_images=allow_remote_images)
         ollama.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
         tei.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs)
     # served_model_name names the embedder when both are served; the reranker keeps its own name then

@@ -41,14 +41,15 @@ class EmbeddingRequest(BaseModel):
 
 
 def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *, model_id: str, max_inputs: int,
-               started: int):
-    """Register the OpenAI routes on `app`; `metrics` counts inputs and tokens."""
+               started: int, allow_remote_images: bool = False):
+    """Register the OpenAI routes on `app`; `metrics` counts inputs and tokens.
+    allow_remote_images: Qwen3-VL items may carry http(s) image URLs, downloaded by the server (serve/items.py)."""
 
     async def embeddings(body: EmbeddingRequest):
         dim = _check_dimensions(body.dimensions, embedder.dim)
         # a few short texts tokenize in microseconds; only a big request is worth a thread hop off the event loop
         if hasattr(embedder, "embed_prepared"):  # Qwen3-VL: items with images (serve/items.py), decoded off the loop
-            sequences = await run_in_threadpool(_prepare_items, embedder, body, max_inputs)
+            sequences = await run_in_threadpool(_prepare_items, embedder, body, max_inputs, allow_remote_images)
         elif _size(body.input) > INLINE_CHARS:
             sequences = await run_in_threadpool(_tokenize, embedder, body, max_inputs)
         else:
@@ -113,13 +114,13 @@ def _tokenize(embedder: Embedder, body: EmbeddingRequest, max_inputs: int) -> li
                    "a list of token ids (ints), not a mix", "input", "invalid_type")
 
 
-def _prepare_items(embedder, body: EmbeddingRequest, max_inputs: int) -> list:
+def _prepare_items(embedder, body: EmbeddingRequest, max_inputs: int, allow_remote: bool) -> list:
     from .items import prepare_items
 
     if body.prompt_name is not None or body.truncate:
         raise ApiError("prompt_name and truncate are for Qwen3 text models; use instruction", "prompt_name",
                        "invalid_value")
-    return prepare_items(embedder, body.input, body.instruction, max_inputs)
+    return prepare_items(embedder, body.input, body.instruction, max_inputs, allow_remote)
 
 
 def _is_ids(x: Any) -> bool:
