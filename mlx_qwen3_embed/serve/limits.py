@@ -77,7 +77,8 @@ class _Exchange:
         except asyncio.CancelledError:
             if not (self.gone.is_set() or self.late):
                 raise
-            task.uncancel()  # we cancelled it: the client left (nothing to answer) or its body is late (408)
+            if hasattr(task, "uncancel"):  # 3.11+ counts cancellations; 3.10 has no count to take back
+                task.uncancel()  # we cancelled it: the client left (nothing to answer) or its body is late (408)
             if self.gone.is_set():
                 return
         except Exception:
