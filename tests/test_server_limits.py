@@ -250,6 +250,17 @@ def test_stalled_headers_get_408_and_are_closed(guarded):
         assert closed_by_server(conn)
 
 
+def test_stalled_headers_of_a_second_request_on_a_kept_alive_connection_get_408(guarded):
+    """The first request's header timer is freed once its headers come, so the next request arms its own."""
+    with connect(guarded) as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(conn)[0] == 200
+        conn.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+        conn.settimeout(8)  # header_timeout is 1 s; before the fix this request was never answered
+        status, headers, _ = read_response(conn)
+        assert (status, headers["connection"]) == (408, "close")
+
+
 def test_a_connection_that_sends_nothing_is_closed(guarded):
     with connect(guarded) as conn:
         assert read_response(conn)[0] == 408

@@ -60,6 +60,9 @@ def guarded_protocol(header_timeout: float, max_connections: Optional[int],
             if self._header_timer is None and self._between_requests():
                 self._arm()  # the first bytes of the next request on a kept-alive connection
             super().data_received(data)
+            if self._header_timer is not None and not self._between_requests():
+                self._header_timer.cancel()  # the headers came: free the timer, so the next request arms its own
+                self._header_timer = None
 
         def connection_lost(self, exc):
             if self._header_timer is not None:
