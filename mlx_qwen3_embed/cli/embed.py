@@ -185,6 +185,7 @@ def corpus_job(model, file, output, format, instruction, prompt_name, prompt, di
     if summary.files:  # rank 0 wrote them
         notes = [f"{summary.skipped} blank lines skipped"] if summary.skipped else []
         notes += [f"{summary.resumed} done by an earlier run"] if summary.resumed else []
+        notes += [f"{summary.duplicates} duplicate texts reused an earlier vector"] if summary.duplicates else []
         typer.echo(f"wrote {summary.count} vectors to {', '.join(map(str, summary.files))} in "
                    f"{summary.seconds:.1f} s" + (f" ({'; '.join(notes)})" if notes else ""), err=True)
 
@@ -204,6 +205,7 @@ class ProgressLine:
         eta = time.strftime("%H:%M:%S", time.gmtime(p.eta_s)) if p.eta_s < 360000 else "?"
         text = (f"embedding {p.done}/{p.total} ({100 * p.done / p.total:.1f}%)  {p.texts_per_s:.1f} texts/s  "
                 f"{p.tokens_per_s:.0f} tokens/s  ETA {eta}")
+        text += f"  ({p.duplicates} duplicates reused)" if p.duplicates else ""
         self.stream.write(("\r" + text + "\033[K") if self.tty else text + "\n")
         self.stream.flush()
 
