@@ -122,8 +122,10 @@ def embed_corpus(embedder: Embedder, input: Union[str, Path], output: Union[str,
         seen.add(keys[new], done + first[new])
         done += window
         elapsed = time.perf_counter() - t0
-        # next window: about window_seconds of work at the rate just measured
-        window = int(min(MAX_WINDOW, max(16, window * window_seconds / max(elapsed, 1e-3))))
+        # next window: about window_seconds of work even if all its texts are new, at the rate just measured (a
+        # window of repeats only tells how fast copying is: it may double, not jump to hours of new texts)
+        window = int(min(MAX_WINDOW, max(16, len(new) * window_seconds / max(elapsed, 1e-3)) if len(new)
+                         else 2 * window))
         if rank == 0 and progress is not None:
             spent = time.perf_counter() - started
             rate = (done - resumed) / spent

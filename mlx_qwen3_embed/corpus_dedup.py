@@ -3,7 +3,8 @@ two sorted numpy arrays so a duplicate anywhere in the job copies that row inste
 
 Memory: 24 bytes per distinct text (a 16-byte blake2b digest + an int64 row), so 24 MB at 1M distinct texts and
 240 MB at 10M, plus a transient copy of the same size while a window's new digests are merged in; the vectors
-themselves stay on disk in the job's parts. Collisions: 128-bit digests, ~1e-26 odds of one at 1M texts.
+themselves stay on disk in the job's parts. Collisions: 128-bit digests, about 1e-27 odds of one among 1M texts.
+The key is the text alone: the prompt (instruction) is one per job, part of the options a resumed job must repeat.
 """
 
 import hashlib

@@ -162,6 +162,17 @@ def test_two_ranks_agree_on_duplicates_and_equal_the_no_dedup_result(hub_model, 
     np.testing.assert_allclose(np.load(tmp_path / "ranks.npy"), embedder.embed(rows), atol=1e-5)
 
 
+def test_windows_of_repeats_only_double_so_a_kill_still_loses_little(embedder, monkeypatch, tmp_path):
+    # a window of repeats takes no model time; sizing the next one from it would make it huge if its texts are new
+    monkeypatch.setattr(corpus, "FIRST_WINDOW", 16)
+    rows = DISTINCT[:16] + [DISTINCT[i % 16] for i in range(400)]
+    done = []
+    # window_seconds ~0: after a window with new texts the next is the floor of 16, after one of repeats it doubles
+    embed_corpus(embedder, txt(tmp_path / "c.txt", rows), tmp_path / "v.npy", window_seconds=1e-9,
+                 progress=lambda p: done.append(p.done))
+    assert np.diff([0] + done).tolist() == [16, 16, 32, 64, 128, 160]
+
+
 def test_seen_map_finds_first_rows_and_ignores_later_copies():
     seen = Seen()
     seen.add_records(digests(["a", "b", "a"]), 0)
