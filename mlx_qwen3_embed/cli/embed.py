@@ -175,11 +175,16 @@ def corpus_job(model, file, output, format, instruction, prompt_name, prompt, di
         # mlx.launch stops the other ranks with SIGTERM when one fails; say what happens next, then exit 1
         raise InterruptedError(f"stopped by SIGTERM (under mlx.launch: another rank failed, see above); finished "
                                f"windows are kept beside {output}: run the same command again to resume")
-    signal.signal(signal.SIGTERM, stopped)
-    summary = embed_corpus(embedder, file, output, text_field=text_field, id_field=id_field, precision=precision,
-                           overwrite=overwrite, instruction=instruction, prompt_name=prompt_name, prompt=prompt,
-                           dim=dim, normalize=normalize, truncate=truncate, batch_tokens=batch_tokens,
-                           progress=line)
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        summary = embed_corpus(embedder, file, output, text_field=text_field, id_field=id_field,
+                               precision=precision, overwrite=overwrite, instruction=instruction,
+                               prompt_name=prompt_name, prompt=prompt, dim=dim, normalize=normalize,
+                               truncate=truncate, batch_tokens=batch_tokens, progress=line)
+    finally:
+        # under mlx.launch a SIGTERM may come while this rank exits, having said why (it saw the peer go): it must
+        # not raise again inside MLX's atexit cleanup (a traceback after the message)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if "MLX_RANK" in os.environ else previous)
     if line is not None:
         line.close()
     if summary.files:  # rank 0 wrote them
