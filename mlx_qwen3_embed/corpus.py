@@ -4,6 +4,7 @@ split across the ranks of `mlx.launch` and gathered to rank 0 through mx.distrib
 The job keeps its progress in a folder beside the output (`.NAME.job/`): state.json (what the job is: input
 digest, options, int8 ranges) and one .npy per finished window, each written whole or not at all. A rerun with the
 same input and options continues after the last finished window; the output appears (by rename) only when done.
+Identical texts are embedded once per job: a duplicate copies its first occurrence's row (corpus_dedup.py).
 """
 
 import json
@@ -17,6 +18,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from . import precision as _precision
+from .corpus_dedup import Seen, digests
 from .corpus_io import Source, output_format, save_atomic, sidecars, write_output
 from .embedder import Embedder
 
@@ -34,6 +36,7 @@ class Progress:
     tokens_per_s: float
     eta_s: float
     resumed: int         # records found done when this run started
+    duplicates: int = 0  # records of this run that reused an identical earlier text's vector
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Summary:
     seconds: float
     tokens: int
     files: list[Path] = field(default_factory=list)
+    duplicates: int = 0  # records of this run not embedded: an identical text earlier in the job gave its vector
 
 
 def embed_corpus(embedder: Embedder, input: Union[str, Path], output: Union[str, Path], *,
@@ -62,6 +66,9 @@ def embed_corpus(embedder: Embedder, input: Union[str, Path], output: Union[str,
     the 0-based line (row) number: a column in parquet, a field in jsonl, NAME.ids.jsonl beside a .npy. NAME.meta.json
     (or the parquet metadata) records precision and int8/uint8 ranges. Under `mlx.launch` every rank calls this with
     the same arguments and its own copy of the input; rank 0 writes. Returns a Summary on every rank.
+
+    Identical texts anywhere in the job are embedded once: later copies get the first one's row, read back from the
+    finished parts (memory: 24 bytes per distinct text for the digest map, see corpus_dedup.py).
     """
     started = time.perf_counter()
     group = _group(group)
@@ -90,37 +97,40 @@ def embed_corpus(embedder: Embedder, input: Union[str, Path], output: Union[str,
     ranges = job.state.get("ranges") if job else None
 
     records = source.records()
-    for _ in range(resumed):  # finished windows: read past them without embedding
-        next(records)
-    done, tokens, unique, window = resumed, 0, 0, FIRST_WINDOW
+    seen = Seen()  # every rank builds the same map: they agree on which texts are new
+    for start in range(0, resumed, MAX_WINDOW):  # finished windows: read past them, remember their texts
+        seen.add_records(digests(next(records)[1] for _ in range(min(MAX_WINDOW, resumed - start))), start)
+    done, tokens, unique, duplicates, window = resumed, 0, 0, 0, FIRST_WINDOW
     while done < scan.count:
         window = _broadcast(group, min(window, scan.count - done))
-        batch = [next(records) for _ in range(window)]
-        texts = [text for _, text in batch]
+        texts = [next(records)[1] for _ in range(window)]
         t0 = time.perf_counter()
-        distinct, rows = _distinct(texts)
-        # identical texts are embedded once; ranks take every size-th distinct text
-        mine = distinct[rank::size]
+        keys, first, which = np.unique(digests(texts), return_index=True, return_inverse=True)
+        earlier = seen.find(keys)  # the row where an earlier window wrote each distinct text, else -1
+        new = np.flatnonzero(earlier < 0)
+        # each new distinct text is embedded once; ranks take every size-th one
+        mine = [texts[first[u]] for u in new[rank::size]]
         sequences = embedder.tokenize(mine, prompt=prefix, truncate=truncate) if mine else []
         vectors = embedder._embed_sequences(sequences, dim, normalize, pooling, batch_tokens) if mine \
             else np.zeros((0, dim), np.float32)
-        vectors, window_tokens = _gather(group, vectors, sum(map(len, sequences)), len(distinct))
+        vectors, window_tokens = _gather(group, vectors, sum(map(len, sequences)), len(new))
         tokens += window_tokens
-        unique += len(distinct)
+        unique += len(new)
+        duplicates += window - len(new)
         if rank == 0:
-            vectors = vectors[rows]
-            if precision in ("int8", "uint8") and ranges is None:
-                ranges = job.fix_ranges(vectors)
-            job.save(done, _precision.quantize(vectors, precision, None if ranges is None else np.array(ranges)))
+            ranges = job.save_window(done, vectors, new, which, earlier, precision, ranges)
+        seen.add(keys[new], done + first[new])
         done += window
         elapsed = time.perf_counter() - t0
-        # next window: about window_seconds of work at the rate just measured
-        window = int(min(MAX_WINDOW, max(16, window * window_seconds / max(elapsed, 1e-3))))
+        # next window: about window_seconds of work even if all its texts are new, at the rate just measured (a
+        # window of repeats only tells how fast copying is: it may double, not jump to hours of new texts)
+        window = int(min(MAX_WINDOW, max(16, len(new) * window_seconds / max(elapsed, 1e-3)) if len(new)
+                         else 2 * window))
         if rank == 0 and progress is not None:
             spent = time.perf_counter() - started
             rate = (done - resumed) / spent
             progress(Progress(done, scan.count, rate, tokens / spent, (scan.count - done) / max(rate, 1e-9),
-                              resumed))
+                              resumed, duplicates))
 
     files = []
     if rank == 0:
@@ -130,7 +140,7 @@ def embed_corpus(embedder: Embedder, input: Union[str, Path], output: Union[str,
         files = [output, *sidecars(output).values()]
         job.remove()
     return Summary(output, scan.count, scan.skipped, resumed, scan.count - resumed, unique,
-                   time.perf_counter() - started, tokens, files)
+                   time.perf_counter() - started, tokens, files, duplicates)
 
 
 class Job:
@@ -146,22 +156,63 @@ class Job:
             (self.folder / "parts").mkdir(parents=True, exist_ok=True)
             self.state = dict(identity, ranges=None)
             self._write_state()
+        self.finished = self._finished()
 
-    def done(self) -> int:
-        """Records covered by finished parts, counted from 0 without a gap."""
-        end = 0
+    def _finished(self) -> list[tuple[int, int, Path]]:
+        """(start, stop, path) of the finished parts, counted from 0 without a gap."""
+        finished, end = [], 0
         for part in self.parts():
             start, stop = (int(n) for n in part.stem.split("-"))
             if start != end:
                 break
+            finished.append((start, stop, part))
             end = stop
-        return end
+        return finished
+
+    def done(self) -> int:
+        """Records covered by finished parts, counted from 0 without a gap."""
+        return self.finished[-1][1] if self.finished else 0
 
     def parts(self) -> list[Path]:
         return sorted((self.folder / "parts").glob("*-*.npy"))
 
     def save(self, start: int, rows: np.ndarray) -> None:
-        save_atomic(self.folder / "parts" / f"{start:012d}-{start + len(rows):012d}.npy", rows)
+        path = self.folder / "parts" / f"{start:012d}-{start + len(rows):012d}.npy"
+        save_atomic(path, rows)
+        self.finished.append((start, start + len(rows), path))
+
+    def save_window(self, start: int, vectors: np.ndarray, new: np.ndarray, which: np.ndarray,
+                    earlier: np.ndarray, precision: str, ranges: Optional[list]) -> Optional[list]:
+        """One window's part: rows of new texts from `vectors` ((len(new), dim) float32, in `new`'s order), rows of
+        texts an earlier window wrote copied from its part. `which` maps each row to its distinct text, `earlier`
+        each distinct text to its earlier row (-1: new). Returns the int8/uint8 ranges (fixed by the first window).
+        """
+        position = np.full(len(earlier), -1)
+        position[new] = np.arange(len(new))
+        fresh = earlier[which] < 0
+        floats = vectors[position[which[fresh]]]  # identical texts within the window share a vector too
+        if precision in ("int8", "uint8") and ranges is None:
+            ranges = self.fix_ranges(floats)  # the first window: every row is fresh
+        coded = _precision.quantize(floats, precision, None if ranges is None else np.array(ranges))
+        rows = np.empty((len(which), coded.shape[1]), coded.dtype)
+        rows[fresh] = coded
+        if not fresh.all():
+            rows[~fresh] = self.rows(earlier[which[~fresh]])
+        self.save(start, rows)
+        return ranges
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """Rows already written (input-order indices, any order) read back from the finished parts."""
+        starts = np.array([start for start, _, _ in self.finished])
+        part_of = np.searchsorted(starts, indices, side="right") - 1
+        out = None
+        for p in np.unique(part_of):
+            start, _, path = self.finished[p]
+            part = np.load(path, mmap_mode="r")  # only the rows asked for are read
+            out = np.empty((len(indices), part.shape[1]), part.dtype) if out is None else out
+            here = part_of == p
+            out[here] = part[indices[here] - start]
+        return out
 
     def fix_ranges(self, vectors: np.ndarray) -> list:
         """int8/uint8 buckets from the first window, kept in the state so every later window (and run) agrees."""
@@ -191,13 +242,6 @@ def _refuse_changes(state: dict, identity: dict, folder: Path) -> None:
     if changed:
         raise ValueError(f"cannot resume with different options: {'; '.join(changed)}; rerun with the original "
                          f"options, or delete {folder} (or pick another output) to start over")
-
-
-def _distinct(texts: list[str]) -> tuple[list[str], np.ndarray]:
-    """Distinct texts in first-seen order, and for each input text the row of its distinct text."""
-    index: dict[str, int] = {}
-    rows = np.array([index.setdefault(t, len(index)) for t in texts], dtype=np.int64)
-    return list(index), rows
 
 
 # --- ranks: every collective runs on all ranks in the same order; with one rank they are no-ops -------------

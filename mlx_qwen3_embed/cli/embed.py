@@ -179,16 +179,22 @@ def corpus_job(model, file, output, format, instruction, prompt_name, prompt, di
         # mlx.launch stops the other ranks with SIGTERM when one fails; say what happens next, then exit 1
         raise InterruptedError(f"stopped by SIGTERM (under mlx.launch: another rank failed, see above); finished "
                                f"windows are kept beside {output}: run the same command again to resume")
-    signal.signal(signal.SIGTERM, stopped)
-    summary = embed_corpus(embedder, file, output, text_field=text_field, id_field=id_field, precision=precision,
-                           overwrite=overwrite, instruction=instruction, prompt_name=prompt_name, prompt=prompt,
-                           dim=dim, normalize=normalize, truncate=truncate, batch_tokens=batch_tokens,
-                           progress=line)
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        summary = embed_corpus(embedder, file, output, text_field=text_field, id_field=id_field,
+                               precision=precision, overwrite=overwrite, instruction=instruction,
+                               prompt_name=prompt_name, prompt=prompt, dim=dim, normalize=normalize,
+                               truncate=truncate, batch_tokens=batch_tokens, progress=line)
+    finally:
+        # under mlx.launch a SIGTERM may come while this rank exits, having said why (it saw the peer go): it must
+        # not raise again inside MLX's atexit cleanup (a traceback after the message)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if "MLX_RANK" in os.environ else previous)
     if line is not None:
         line.close()
     if summary.files:  # rank 0 wrote them
         notes = [f"{summary.skipped} blank lines skipped"] if summary.skipped else []
         notes += [f"{summary.resumed} done by an earlier run"] if summary.resumed else []
+        notes += [f"{summary.duplicates} duplicate texts reused an earlier vector"] if summary.duplicates else []
         typer.echo(f"wrote {summary.count} vectors to {', '.join(map(str, summary.files))} in "
                    f"{summary.seconds:.1f} s" + (f" ({'; '.join(notes)})" if notes else ""), err=True)
 
@@ -208,6 +214,7 @@ class ProgressLine:
         eta = time.strftime("%H:%M:%S", time.gmtime(p.eta_s)) if p.eta_s < 360000 else "?"
         text = (f"embedding {p.done}/{p.total} ({100 * p.done / p.total:.1f}%)  {p.texts_per_s:.1f} texts/s  "
                 f"{p.tokens_per_s:.0f} tokens/s  ETA {eta}")
+        text += f"  ({p.duplicates} duplicates reused)" if p.duplicates else ""
         self.stream.write(("\r" + text + "\033[K") if self.tty else text + "\n")
         self.stream.flush()
 

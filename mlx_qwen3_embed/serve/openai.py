@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..embedder import Embedder
 from .errors import ApiError
-from . import jobs
+from . import jobs, quantized
 from .worker import BatchWorker
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
@@ -28,7 +28,8 @@ FOREIGN_IDS_FIX = ("token ids from another tokenizer (LangChain's OpenAIEmbeddin
 
 
 class EmbeddingRequest(BaseModel):
-    """OpenAI's embeddings request, plus `instruction`, `prompt_name` and `truncate` (OpenAI's schema lacks them)."""
+    """OpenAI's embeddings request, plus `instruction`, `prompt_name`, `truncate`, `precision` and `ranges` (OpenAI's
+    schema lacks them)."""
     input: Any = Field(..., description="a string, a list of strings, a list of token ids, or a list of such lists")
     model: Optional[StrictStr] = None
     dimensions: Optional[StrictInt] = Field(None, description="Matryoshka size: first values, re-normalised")
@@ -37,6 +38,9 @@ class EmbeddingRequest(BaseModel):
     instruction: Optional[StrictStr] = Field(None, description='query task: "Instruct: {instruction}\\nQuery:{text}"')
     prompt_name: Optional[StrictStr] = Field(None, description='a named prompt of the checkpoint, e.g. "query"')
     truncate: StrictBool = Field(False, description="cut over-long input to max_length instead of answering 400")
+    precision: Optional[StrictStr] = Field(None, description="float32|float16|int8|uint8|binary|ubinary "
+                                                             "(sentence-transformers' quantize_embeddings)")
+    ranges: Optional[list[list[float]]] = Field(None, description="int8/uint8: [[min...], [max...]] per dimension")
 
 
 
@@ -54,10 +58,15 @@ def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *
             sequences = await run_in_threadpool(_tokenize, embedder, body, max_inputs)
         else:
             sequences = _tokenize(embedder, body, max_inputs)
+        bounds = quantized.check(body.precision, body.ranges, dim, len(sequences))
         vectors = await jobs.run(worker, sequences, dim)
         tokens = sum(len(s) for s in sequences)
         metrics.embedded(len(sequences), tokens)
-        return Response(_encode(vectors, body.encoding_format, model_id, tokens), media_type="application/json")
+        codes, bounds = quantized.quantize(vectors, body.precision, bounds)
+        extra = {} if body.precision is None else {"precision": body.precision}
+        extra |= {} if bounds is None else {"ranges": bounds.tolist()}
+        return Response(_encode(codes, body.encoding_format, model_id, tokens, extra),
+                        media_type="application/json")
 
     for path in EMBEDDING_PATHS:
         app.post(path)(embeddings)
@@ -188,14 +197,17 @@ def _too_long(e: ValueError) -> ApiError:
     return ApiError(f"{e} (send \"truncate\": true to cut it)", "input", "context_length_exceeded")
 
 
-def _encode(vectors: np.ndarray, encoding_format: str, model_id: str, tokens: int) -> bytes:
-    """(N, dim) float32 -> OpenAI's response JSON; base64 is the little-endian float32 bytes of each row."""
+def _encode(vectors: np.ndarray, encoding_format: str, model_id: str, tokens: int, extra: dict) -> bytes:
+    """(N, width) rows -> OpenAI's response JSON (+ `extra` top-level fields); base64 is the little-endian bytes of
+    each row in its own dtype: float32, or the `precision` asked for (float16, int8, uint8; binary int8, ubinary
+    uint8)."""
     if encoding_format == "base64":
-        rows = [base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
+        little = vectors.dtype.newbyteorder("<")
+        rows = [base64.b64encode(np.ascontiguousarray(v, dtype=little).tobytes()).decode() for v in vectors]
     else:
         rows = vectors.tolist()
     data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
     body = {"object": "list", "data": data, "model": model_id,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, **extra}
     return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()  # allow_nan=False: no NaN leaves
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, StrictBool, StrictInt, StrictStr
 
 from .. import __version__
 from ..embedder import Embedder
-from . import jobs
+from . import jobs, quantized
 from .errors import ApiError
 from .worker import BatchWorker
 
@@ -28,6 +28,8 @@ class EmbedRequest(BaseModel):
     truncation_direction: Literal["Right", "Left", "right", "left"] = "Right"
     prompt_name: Optional[StrictStr] = None
     dimensions: Optional[StrictInt] = None
+    precision: Optional[StrictStr] = None  # this server's extension (serve/quantized.py), as on /v1/embeddings
+    ranges: Optional[list[list[float]]] = None
 
 
 class TokenizeRequest(BaseModel):
@@ -39,9 +41,10 @@ class TokenizeRequest(BaseModel):
 def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *, model_id: str, max_inputs: int):
     """Register the TEI routes on `app`."""
 
-    async def embed(body: EmbedRequest) -> list[list[float]]:
+    async def embed(body: EmbedRequest) -> list[list[Union[float, int]]]:  # ints: compact precisions
         texts = _texts(body.inputs, max_inputs)
         dim = _dimensions(body.dimensions, embedder.dim)
+        bounds = quantized.check(body.precision, body.ranges, dim, len(texts))
         try:
             sequences, _ = jobs.tokenize(embedder, texts, prompt_name=body.prompt_name, truncate=body.truncate,
                                          direction=body.truncation_direction.lower())
@@ -49,7 +52,7 @@ def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *
             raise ApiError(f"Input validation error: {e.message}", e.param, e.code, status=413) from None
         vectors = await jobs.run(worker, sequences, dim, body.normalize)
         metrics.embedded(len(sequences), sum(len(s) for s in sequences))
-        return vectors.tolist()
+        return quantized.quantize(vectors, body.precision, bounds)[0].tolist()  # ints for int8..ubinary
 
     for path in EMBED_PATHS:
         app.post(path)(embed)
