@@ -1,7 +1,7 @@
 """The `precision` extension of /v1/embeddings (through the real openai SDK against `mlx-embed serve`) and TEI's
 /embed: the rows equal sentence-transformers' quantize_embeddings of the server's own float32 vectors, base64 carries
-the raw bytes, int8/uint8 take the request's ranges or its own (never a single vector's), bad values are 400s in
-each dialect's error shape."""
+them as OpenAI's float32 bytes (what the SDK decodes), int8/uint8 take the request's ranges or its own (never a
+single vector's), bad values are 400s in each dialect's error shape."""
 
 import base64
 
@@ -17,7 +17,6 @@ openai = pytest.importorskip("openai")  # the `test` extra
 quantization = pytest.importorskip("sentence_transformers.util.quantization")
 quantize_embeddings = quantization.quantize_embeddings
 
-DTYPES = {"float16": "<f2", "int8": "i1", "uint8": "u1", "binary": "i1", "ubinary": "u1"}
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +70,18 @@ def test_compact_rows_are_json_integers(client):
 
 
 @pytest.mark.parametrize("precision", ["binary", "ubinary", "int8", "float16"])
-def test_sdk_base64_is_the_raw_bytes_of_the_rows(sdk, sample, floats, precision):
-    response = sdk.embeddings.create(model="tiny", input=sample, encoding_format="base64",
-                                     extra_body={"precision": precision})
-    got = np.array([np.frombuffer(base64.b64decode(d.embedding), DTYPES[precision]) for d in response.data])
+@pytest.mark.parametrize("encoding_format", ["base64", None], ids=["base64", "sdk-default"])
+def test_sdk_base64_decodes_to_the_compact_values(sdk, sample, floats, precision, encoding_format):
+    """base64 is OpenAI's float32 bytes whatever the precision: the SDK's own decoding (its default asks for
+    base64) gives the compact values, never garbage."""
+    extra = {} if encoding_format is None else {"encoding_format": encoding_format}
+    response = sdk.embeddings.create(model="tiny", input=sample, extra_body={"precision": precision}, **extra)
+    if encoding_format is None:  # the SDK asked for base64 itself and decoded it
+        got = np.array([d.embedding for d in response.data], np.float32)
+    else:  # asked for explicitly, the SDK hands over the strings
+        got = np.array([np.frombuffer(base64.b64decode(d.embedding), "<f4") for d in response.data])
     expected = floats.astype(np.float16) if precision == "float16" else quantize_embeddings(floats, precision)
-    assert got.dtype == expected.dtype
-    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
 
 
 def test_sdk_int8_with_given_ranges_quantizes_one_query_like_the_corpus(sdk, sample, floats):

@@ -198,12 +198,12 @@ def _too_long(e: ValueError) -> ApiError:
 
 
 def _encode(vectors: np.ndarray, encoding_format: str, model_id: str, tokens: int, extra: dict) -> bytes:
-    """(N, width) rows -> OpenAI's response JSON (+ `extra` top-level fields); base64 is the little-endian bytes of
-    each row in its own dtype: float32, or the `precision` asked for (float16, int8, uint8; binary int8, ubinary
-    uint8)."""
+    """(N, width) rows -> OpenAI's response JSON (+ `extra` top-level fields). base64 is always OpenAI's: the
+    little-endian float32 bytes of each row, also for compact `precision` rows (their values as float32): the
+    openai SDK asks for base64 by default and decodes float32, so raw int8/float16 bytes would decode to wrong
+    numbers without an error."""
     if encoding_format == "base64":
-        little = vectors.dtype.newbyteorder("<")
-        rows = [base64.b64encode(np.ascontiguousarray(v, dtype=little).tobytes()).decode() for v in vectors]
+        rows = [base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
     else:
         rows = vectors.tolist()
     data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
