@@ -5,6 +5,10 @@ token's final hidden state to the float model's, on the packaged calibration tex
 Only the text decoder's scales and biases train by default: the vision tower, at 8 bits, stays as converted
 (measured: README, "Images and video"; bench/results/vl_dwq.md). vision=True tunes its quantized layers too.
 
+Memory, as distill.py's: the float teacher runs first and only its final hidden states for the calibration
+batches are kept (tokens x D floats), then it is freed; checkpoint=True recomputes each decoder block in the
+backward pass. The student's image features are computed once per batch while its vision tower does not train.
+
 Calibration images are drawn here, deterministically (gradients, shapes, rendered words, with a caption each):
 nothing is downloaded, and held-out images come from another random stream, so they share none with calibration.
 """
@@ -116,9 +120,12 @@ def calibration_items(path: Union[str, Path, None] = None, images: int = 48, see
 
 
 def heldout_items(images: int = 24, seed: int = 0) -> list[dict]:
-    """Evaluation items no calibration item shares: the packaged held-out texts (heldout.jsonl) and synthetic
-    images from a random stream of their own."""
-    return text_items(HELDOUT) + image_items(images, f"heldout-{seed}")
+    """Evaluation items no item of the default calibration (calibration_items()) shares: the packaged held-out
+    texts (heldout.jsonl) and synthetic images from a random stream of their own; a text-only item whose text
+    calibration also holds (a short caption can recur) is left out."""
+    seen = {item["text"] for item in calibration_items(seed=seed) if "image" not in item}
+    return [item for item in text_items(HELDOUT) + image_items(images, f"heldout-{seed}")
+            if "image" in item or item["text"] not in seen]
 
 
 @dataclass
