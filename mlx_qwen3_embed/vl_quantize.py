@@ -4,6 +4,7 @@ The decoder is quantized like a Qwen3 (quantize.py's bits and group sizes); the 
 by default, or float (vision_bits=None): it is a small part of the weights (0.4 of 2.1 B parameters in the 2B)
 and every image token passes through all of it, so its error reaches image vectors undiluted (measured:
 README, "Images and video"). Keys stay in the hub layout (`model.language_model.*`, `model.visual.*`).
+dwq=True distils the quantized decoder toward the float model's vectors before saving (vl_distill.py).
 """
 
 import json
