@@ -153,8 +153,10 @@ class _TrainEmbedding(_Tuned):
         return self._float_weight(self._weight[input_ids], scales[input_ids], biases[input_ids])
 
 
-def _wrap(student: Qwen3, through: str, embeddings: bool = False) -> list[tuple[str, nn.Module, nn.Module]]:
+def _wrap(student: Qwen3, through: str, embeddings: bool = False,
+          trains: Optional[Callable[[str], bool]] = None) -> list[tuple[str, nn.Module, nn.Module]]:
     """Swap every quantized layer of `student` for its trainable twin; returns (path, original, twin).
+    trains(path) picks the twins whose scales and biases move (default: all); the others stay as rounded.
 
     embeddings=False leaves the token table as rounded: its scales and biases are per row, so only the rows of
     tokens the calibration set contains would move, fitted to those texts alone (measured: the held-out worst
@@ -173,8 +175,9 @@ def _wrap(student: Qwen3, through: str, embeddings: bool = False) -> list[tuple[
         raise ValueError("the student has no quantized layers: quantize it (mlx.nn.quantize) before distilling")
     student.update_modules(tree_unflatten([(path, twin) for path, _, twin in swaps]))
     student.freeze()
-    for _, _, twin in swaps:
-        twin.unfreeze(keys=["d_scales", "d_biases"], recurse=False)
+    for path, _, twin in swaps:
+        if trains is None or trains(path):
+            twin.unfreeze(keys=["d_scales", "d_biases"], recurse=False)
     return swaps
 
 
@@ -230,18 +233,35 @@ def _batches(teacher: Qwen3, sequences: list[list[int]], pad_id: int, batch_toke
     return out
 
 
-def _held_out_cosines(student: Qwen3, batches: list[_Batch], swaps) -> np.ndarray:
+def _text_forward(model: Qwen3, b: _Batch, checkpoint: bool) -> mx.array:
+    return _forward(model, b.input_ids, checkpoint)
+
+
+def _held_out_cosines(student: Qwen3, batches: list[_Batch], swaps, forward=_text_forward) -> np.ndarray:
     """Cosine of student and teacher pooled vectors per held-out text, with scales and biases rounded to the
     dtype they are saved in, so this is what the saved checkpoint gives."""
     for _, _, twin in swaps:
         twin.rounded = True
     cosines = []
     for b in batches:
-        got = pool(_forward(student, b.input_ids, checkpoint=False), b.lengths)
+        got = pool(forward(student, b, False), b.lengths)
         cosines.append(np.array(_cosine(got, pool(b.hidden, b.lengths))))
     for _, _, twin in swaps:
         twin.rounded = False
     return np.concatenate(cosines)
+
+
+def check_tuning(steps: int, lr: float, through: Optional[str]) -> str:
+    """Checked settings of distill (also vl_distill's); returns `through`, the device's choice when None."""
+    if through is None:  # the device's choice between quantized matmul and fp32 GEMMs on rebuilt weights
+        through = "float" if plan().dequantize else "quantized"
+    if through not in ("float", "quantized"):
+        raise ValueError(f"through must be 'float' or 'quantized', got {through!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    return through
 
 
 def distill(teacher: Qwen3, student: Qwen3, tokenizer: Tokenizer, texts: list[str], *, steps: int = 200,
@@ -269,32 +289,37 @@ def distill(teacher: Qwen3, student: Qwen3, tokenizer: Tokenizer, texts: list[st
         move, which overfits them; see _wrap).
     callback: called as callback(step, loss) after every step (progress display; the library prints nothing).
     """
-    if through is None:  # the device's choice between quantized matmul and fp32 GEMMs on rebuilt weights
-        through = "float" if plan().dequantize else "quantized"
-    if through not in ("float", "quantized"):
-        raise ValueError(f"through must be 'float' or 'quantized', got {through!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    through = check_tuning(steps, lr, through)
     train_texts, held_texts = split_holdout(list(texts), holdout, seed)
     pad = tokenizer.eos_id
     # The teacher is needed only here: its final hidden states for every calibration batch are the targets
     train = _batches(teacher, tokenizer.encode(train_texts, max_length), pad, batch_tokens)
     held = _batches(teacher, tokenizer.encode(held_texts, max_length), pad, batch_tokens)
     del teacher  # our reference; a caller that passed it inline frees the float model here
+    return tune(student, train, held, _text_forward, steps=steps, lr=lr, token_weight=token_weight,
+                eval_every=eval_every, through=through, checkpoint=checkpoint, seed=seed, embeddings=embeddings,
+                callback=callback, counts=(len(train_texts), len(held_texts)))
 
+
+def tune(student: nn.Module, train: list, held: list, forward: Callable, *, steps: int, lr: float,
+         token_weight: float, eval_every: Optional[int], through: str, checkpoint: bool, seed: int,
+         embeddings: bool, callback: Optional[Callable[[int, float], None]], counts: tuple[int, int],
+         trains: Optional[Callable[[str], bool]] = None) -> DistillReport:
+    """distill's training loop, for any model: batches hold `lengths` (B,) and the teacher's `hidden` (B, L, D),
+    and forward(student, batch, checkpoint) gives the student's final-normed hidden states (B, L, D) (Qwen3-VL
+    passes its own, with pixels; see vl_distill.py). trains(path) picks the quantized layers that move.
+    counts: (training items, held-out items), for the report."""
     # the loader's freeze state (quantized layers freeze their own packed weights), put back afterwards
     frozen = {path: set(module._no_grad) for path, module in student.named_modules()}
-    swaps = _wrap(student, through, embeddings)
+    swaps = _wrap(student, through, embeddings, trains)
     best, best_step = None, 0
     try:
-        before = _held_out_cosines(student, held, swaps)
+        before = _held_out_cosines(student, held, swaps, forward)
         best_cosines = before
         optimizer = optim.Adam(learning_rate=lr)
 
         def loss_fn(model, b: _Batch) -> mx.array:
-            hidden = _forward(model, b.input_ids, checkpoint)
+            hidden = forward(model, b, checkpoint)
             loss = (1 - _cosine(pool(hidden, b.lengths), pool(b.hidden, b.lengths))).mean()
             if token_weight:
                 real = (mx.arange(hidden.shape[1])[None, :] < b.lengths[:, None]).astype(mx.float32)
@@ -317,7 +342,7 @@ def distill(teacher: Qwen3, student: Qwen3, tokenizer: Tokenizer, texts: list[st
             if callback is not None:
                 callback(step, losses[-1])
             if step % eval_every == 0 or step == steps:
-                cosines = _held_out_cosines(student, held, swaps)
+                cosines = _held_out_cosines(student, held, swaps, forward)
                 if cosines.mean() > best_cosines.mean() and cosines.min() >= before.min():
                     best, best_step, best_cosines = _snapshot(swaps), step, cosines
     finally:
@@ -328,4 +353,4 @@ def distill(teacher: Qwen3, student: Qwen3, tokenizer: Tokenizer, texts: list[st
     return DistillReport(before_mean=float(before.mean()), before_worst=float(before.min()),
                          after_mean=float(best_cosines.mean()), after_worst=float(best_cosines.min()),
                          kept="distilled" if best is not None else "rounded", steps=steps, best_step=best_step,
-                         train_texts=len(train_texts), holdout_texts=len(held_texts), losses=losses)
+                         train_texts=counts[0], holdout_texts=counts[1], losses=losses)

@@ -201,8 +201,9 @@ class VLEmbedder:
             start += max(gh, gw)
         return out, np.concatenate(columns, axis=1).astype(np.int64)
 
-    def _forward(self, batch: list[Prepared]) -> mx.array:
-        """Prepared items -> pooled (B, D) hidden states, as a lazy graph."""
+    def layout(self, batch: list[Prepared]) -> tuple[mx.array, np.ndarray, MRows, Optional[tuple]]:
+        """Prepared items -> input_ids (B, L) right-padded, lengths (B,), their MRows, and the vision inputs
+        (pixels (N, C * t * p * p), grids, placeholder token rows (V,)) or None (also used by vl_distill.py)."""
         lengths = np.array([len(p.ids) for p in batch], dtype=np.int32)
         B, L = len(batch), int(lengths.max())
         input_ids = np.full((B, L), self.pad_id, dtype=np.int32)
@@ -212,22 +213,29 @@ class VLEmbedder:
             positions[:, b, : len(p.ids)] = p.positions
         cos, sin = self.model.rotary(positions)
         rows = MRows(lengths, L, cos, sin)
-        visual = None
+        vision = None
         patches = [v for p in batch for v in p.visuals]
         if patches:
             placeholder = np.isin(input_ids, [self.args.image_token_id, self.args.video_token_id])
             b, j = np.nonzero(placeholder)  # row-major: items in order, tokens in order, as the features are
             where = mx.array((rows.starts[b] + j).astype(np.int32))
-            pixels = mx.array(np.concatenate([v.pixels for v in patches]))
-            tokens, deepstack = self.model.visual(pixels, [v.grid for v in patches])
-            visual = (where, tokens, deepstack)
+            vision = (mx.array(np.concatenate([v.pixels for v in patches])), [v.grid for v in patches], where)
+        return mx.array(input_ids), lengths, rows, vision
+
+    def _forward(self, batch: list[Prepared]) -> mx.array:
+        """Prepared items -> pooled (B, D) hidden states, as a lazy graph."""
+        input_ids, lengths, rows, vision = self.layout(batch)
+        visual = None
+        if vision is not None:
+            pixels, grids, where = vision
+            visual = (where, *self.model.visual(pixels, grids))
         lm = self.model.language_model
         n = len(lm.layers)
         index = self.layer if self.layer is None or self.layer >= 0 else n + 1 + self.layer
         keep = None if index is None or index == n else index
         if self.pooling == "last" and keep is None:
-            return lm.forward(mx.array(input_ids), rows, visual, last=True)
-        hidden = rows.pad(lm.forward(mx.array(input_ids), rows, visual, keep=keep)).astype(mx.float32)
+            return lm.forward(input_ids, rows, visual, last=True)
+        hidden = rows.pad(lm.forward(input_ids, rows, visual, keep=keep)).astype(mx.float32)
         return _pooling.pool(hidden, mx.array(lengths), self.pooling)
 
     def _check_layer(self, layer: Optional[int]) -> Optional[int]:

@@ -4,6 +4,7 @@ The decoder is quantized like a Qwen3 (quantize.py's bits and group sizes); the 
 by default, or float (vision_bits=None): it is a small part of the weights (0.4 of 2.1 B parameters in the 2B)
 and every image token passes through all of it, so its error reaches image vectors undiluted (measured:
 README, "Images and video"). Keys stay in the hub layout (`model.language_model.*`, `model.visual.*`).
+dwq=True distils the quantized decoder toward the float model's vectors before saving (vl_distill.py).
 """
 
 import json
@@ -11,15 +12,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .device import DTYPES
+from .device import DTYPES, plan
 from .models.qwen3_vl import Qwen3VL, VLArgs
 from .quantize import BITS, _partial_prefix, check_settings, refuse_existing, remove_stale_partials
+from .vl_distill import calibration_items, distill_vl
+from .vl_embedder import VLEmbedder
 from .vl_loading import clean_keys
 from .weights import check, read_tensors, resolve
 
@@ -69,12 +72,20 @@ def quantize_vl(model: Qwen3VL, config: dict, bits: int = 4, group_size: int = 6
 
 
 def convert_vl(src: str, dst: str, *, bits: Optional[int] = None, group_size: int = 64,
-               vision_bits: Optional[int] = 8, dtype: Optional[str] = None) -> dict:
+               vision_bits: Optional[int] = 8, dtype: Optional[str] = None, dwq: bool = False,
+               calibration: Optional[str] = None, images: int = 48, steps: int = 300, lr: float = 1e-3,
+               batch_tokens: int = 2048, checkpoint: bool = False, vision_dwq: bool = False,
+               callback: Optional[Callable[[int, float], None]] = None) -> dict:
     """Original Qwen3-VL weights at `src` (folder or hub id) -> quantized folder at `dst` (must not exist).
-    Returns {"path", "size_bytes", "quantization"}."""
+
+    dwq=True tunes the quantized scales/biases so the vectors match the float model's (vl_distill.py) on the
+    `calibration` texts (default: the packaged set) and `images` synthetic images; steps, lr, batch_tokens,
+    checkpoint are distill's settings, vision_dwq also tunes the vision tower, callback(step, loss) the progress.
+    Returns {"path", "size_bytes", "quantization"}, plus "dwq": the DistillReport when dwq=True."""
     bits = check_settings(bits, group_size, None)
     dst_path = Path(dst).expanduser()
     refuse_existing(dst_path)
+    items = calibration_items(calibration, images) if dwq else None  # a bad file fails before loading
     folder = resolve(src)
     config = json.loads((folder / "config.json").read_text())
     dtype = dtype or config.get("torch_dtype") or config.get("dtype") or "bfloat16"
@@ -83,6 +94,14 @@ def convert_vl(src: str, dst: str, *, bits: Optional[int] = None, group_size: in
     model, config = load_float_vl(folder, dtype)
     config = quantize_vl(model, config, bits, group_size, vision_bits)
     config["torch_dtype"] = dtype
+    report = None
+    if dwq:
+        # an fp32 teacher on CPU (bf16 matmul is 30x slower there), the checkpoint's dtype on Metal; passed
+        # inline so that distill_vl frees it once its targets are computed
+        embedder = VLEmbedder(model, folder, model.args, plan(), name=src)
+        report = distill_vl(load_float_vl(folder, "float32" if plan().dtype == mx.float32 else dtype)[0], model,
+                            embedder, items, vision=vision_dwq, steps=steps, lr=lr, batch_tokens=batch_tokens,
+                            checkpoint=checkpoint, callback=callback)
     weights = {"model." + k: v for k, v in tree_flatten(model.parameters())}
     dst_path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(dst_path)
@@ -100,5 +119,6 @@ def convert_vl(src: str, dst: str, *, bits: Optional[int] = None, group_size: in
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"path": str(dst_path), "size_bytes": (dst_path / "model.safetensors").stat().st_size,
-            "quantization": config["quantization"]}
+    result = {"path": str(dst_path), "size_bytes": (dst_path / "model.safetensors").stat().st_size,
+              "quantization": config["quantization"]}
+    return result if report is None else result | {"dwq": report}

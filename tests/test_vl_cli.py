@@ -95,7 +95,7 @@ def test_convert_vision_float_and_refusals(runner, vl_model, tmp_path):
     assert result.exit_code == 0, result.output
     assert not any(k.startswith("model.visual") for k in json.loads((tmp_path / "f" / "config.json").read_text())
                    ["quantization"])
-    result = runner.invoke(app, ["convert", str(vl_model), str(tmp_path / "g"), "--dwq"])
+    result = runner.invoke(app, ["convert", str(vl_model), str(tmp_path / "g"), "--recipe", "mixed_4_6"])
     assert result.exit_code == 1 and "Qwen3-VL takes --bits" in result.stderr and not (tmp_path / "g").exists()
     result = runner.invoke(app, ["convert", str(vl_model), str(tmp_path / "f")])
     assert result.exit_code == 1 and "already exists" in result.stderr

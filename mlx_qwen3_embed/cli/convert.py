@@ -29,20 +29,24 @@ def convert(
     from .. import quantize
     from .vl_items import is_vl
 
-    if is_vl(src):  # Qwen3-VL (vl_quantize.py): no recipes or DWQ yet
-        if recipe is not None or dwq:
-            raise ValueError("--recipe and --dwq are for Qwen3 text models; Qwen3-VL takes --bits and --vision-bits")
-        from ..vl_quantize import convert_vl
-
-        result = convert_vl(src, dst, bits=bits, group_size=group_size, vision_bits=vision_bits or None, dtype=dtype)
-        typer.echo(f"wrote {result['path']}: {result['size_bytes'] / 2**20:.1f} MiB "
-                   f"({result['quantization']['bits']}-bit decoder, vision tower "
-                   f"{f'{vision_bits}-bit' if vision_bits else 'float'}, group size {group_size})")
-        return
-
     def progress(step: int, loss: float):
         if step % 10 == 0 or step == steps:
             typer.echo(f"dwq step {step}/{steps}: loss {loss:.5f}", err=True)
+
+    if is_vl(src):  # Qwen3-VL (vl_quantize.py; --dwq: vl_distill.py, texts and synthetic images)
+        if recipe is not None:
+            raise ValueError("--recipe is for Qwen3 text models; Qwen3-VL takes --bits and --vision-bits")
+        from ..vl_quantize import convert_vl
+
+        result = convert_vl(src, dst, bits=bits, group_size=group_size, vision_bits=vision_bits or None, dtype=dtype,
+                            dwq=dwq, calibration=calibration, steps=steps, lr=lr, batch_tokens=batch_tokens,
+                            checkpoint=checkpoint, callback=progress if dwq else None)
+        typer.echo(f"wrote {result['path']}: {result['size_bytes'] / 2**20:.1f} MiB "
+                   f"({result['quantization']['bits']}-bit decoder, vision tower "
+                   f"{f'{vision_bits}-bit' if vision_bits else 'float'}, group size {group_size})")
+        if "dwq" in result:
+            typer.echo(result["dwq"].summary())
+        return
 
     result = quantize.convert(src, dst, bits=bits, group_size=group_size, recipe=recipe, dtype=dtype, dwq=dwq,
                               calibration=calibration, steps=steps, lr=lr, batch_tokens=batch_tokens,
