@@ -199,8 +199,12 @@ def load_model(folder: Path, plan: DevicePlan) -> tuple[Qwen3, ModelArgs]:
 
 def load_weights(model: nn.Module, tensors: dict[str, mx.array], args: ModelArgs, plan: DevicePlan,
                  folder: Path) -> None:
-    """Put `tensors` (model's names) into `model` as `plan` holds them: dequantized, quantized as stored, or
-    stored and up-cast per matrix (plan.upcast); strict checks, then evaluated. `args` gives the quantization."""
+    """Put `tensors` (model's names, lazily loaded; the dict is emptied) into `model` as `plan` holds them:
+    dequantized, quantized as stored, or stored and up-cast per matrix (plan.upcast); strict checks, then
+    evaluated one tensor at a time, each stored tensor freed once its converted copy exists, so that loading
+    peaks near the converted weights, not stored + converted (measured on the 4B shape: bf16 -> float32 at load
+    was killed for memory at 24 GB). `args` gives the quantization."""
+    source = tensors
     quantized = [k.removesuffix(".scales") for k in tensors if k.endswith(".scales")]
     if quantized and not args.quantization:
         raise ValueError(f"{folder} holds quantized tensors ({quantized[0]}.scales) but config.json has no "
@@ -217,6 +221,10 @@ def load_weights(model: nn.Module, tensors: dict[str, mx.array], args: ModelArgs
         tensors = {k: v.astype(plan.dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in tensors.items()}
         nn.quantize(model, class_predicate=lambda path, _: path in modules and args.quantization_for(path))
     check(model, tensors, folder)
+    source.clear()  # from here only the lazy converted arrays hold their sources
+    for value in tensors.values():
+        mx.eval(value)  # reads this tensor's source, converts it; the source is then unreferenced
+        mx.clear_cache()  # and its buffer goes back to the system rather than into MLX's cache
     model.update(tree_unflatten(list(tensors.items())))
     mx.eval(model.parameters())
 

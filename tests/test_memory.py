@@ -162,3 +162,26 @@ def test_token_table_quantized_a_block_of_rows_at_a_time_equals_mlx_lm(hub_model
     assert set(ours) == set(reference)
     for key, value in reference.items():
         assert mx.array_equal(ours[key], value), key
+
+
+def test_float32_load_frees_each_stored_tensor_as_it_goes(tmp_path):
+    """Loading bf16 as float32 peaks near the float32 weights, not bf16 + float32 at once (the 4B shape was
+    killed for memory that way)."""
+    import subprocess
+    import sys
+
+    src = make_hub_checkpoint(tmp_path / "src", dtype="bfloat16", hidden_size=512, intermediate_size=4096,
+                              num_attention_heads=8, num_key_value_heads=4, head_dim=64, num_hidden_layers=12)
+    stored = sum(f.stat().st_size for f in src.glob("*.safetensors"))  # ~170 MB of bf16; 340 MB as float32
+    script = f"""
+import mlx_qwen3_embed as mqe
+def status(field):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) * 1024
+before = status("VmRSS:")
+model = mqe.load({str(src)!r})
+assert not model.device.upcast, "float32 at load expected"
+print(status("VmHWM:") - before)
+"""
+    grown = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+                .stdout.split()[-1])
+    assert grown < 2.6 * stored, f"loading grew RSS by {grown / 1e6:.0f} MB for {2 * stored / 1e6:.0f} MB of float32"
