@@ -199,7 +199,9 @@ def report(data: dict, out: Path, readme: Path) -> None:
         if README_START in text and README_END in text:
             head, rest = text.split(README_START, 1)
             _, tail = rest.split(README_END, 1)
-            readme.write_text(head + README_START + "\n" + "\n".join(table(rows)) + "\n" + README_END + tail)
+            # the README keeps group size 64 (the converter's default) and every DWQ row; quality.md has them all
+            compact = [r for r in rows if r["group"] == 64 or r["method"] == "dwq"]
+            readme.write_text(head + README_START + "\n" + "\n".join(table(compact)) + "\n" + README_END + tail)
 
 
 def main():
@@ -215,6 +217,8 @@ def main():
     parser.add_argument("--no-rtn", action="store_true", help="DWQ rows only (RTN rows of other runs still count)")
     parser.add_argument("--redo", action="store_true", help="measure rows already in quality.json again")
     parser.add_argument("--report", action="store_true", help="only rewrite quality.md and the README table")
+    parser.add_argument("--merge", action="append", default=[],
+                        help="quality.json of a piece run in parallel (its own --out): add its rows and commands")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "mlx-embed-quality"),
                         help="random checkpoints (kept, so pieces of a sweep use the same models) and conversions")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality"))
@@ -231,6 +235,11 @@ def main():
     data |= dict(held_out=len(texts),
                  machine=f"{platform.machine()} CPU ({platform.system()}, {os.cpu_count()} cores, shared, nice 19), "
                          f"MLX {mx.__version__}")
+    for other in map(Path, opts.merge):  # pieces run side by side write their own files; one table from all
+        piece = json.loads(other.read_text())
+        keys = {r["key"] for r in piece["rows"]}
+        data["rows"] = [r for r in data["rows"] if r["key"] not in keys] + piece["rows"]
+        data["commands"] += [c for c in piece.get("commands", []) if c not in data["commands"]]
     split = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     work = Path(opts.work)
     for depth in [] if opts.report else split(opts.depths):

@@ -47,8 +47,8 @@ def memory_need(args: ModelArgs, *, bits: Union[int, Callable[[str, int], int]] 
     student += trained_groups * 2 * 4 * 5  # fp32 scales0/biases0, offsets, gradients, Adam's two moments
     params += (2 * D + 2 * args.head_dim) * layers + D
     # floats kept per token and layer for the backward pass: norms and residuals, q/k/v and their rotations,
-    # SwiGLU's gate, up and product, the attention weights (measured at the 0.6B width: ~40k a token and layer,
-    # 4 layers, 2048 tokens at length 512; this counts 43k)
+    # SwiGLU's gate, up and product, the attention weights (measured at the 0.6B width, 2 to 8 layers, 2048
+    # tokens at length 512: 0.43 GB a layer with its rebuilt weights, ~40k floats a token; this counts 43k)
     per_token = 8 * D + 2 * q + 2 * kv + 4 * F + 2 * args.num_attention_heads * max_length
     if through == "float":
         weights = 2 * 4 * (block if checkpoint else block * layers)
@@ -86,7 +86,7 @@ def plan_dwq_memory(folder: Path, texts: list[str], bits: Union[int, Callable[[s
     need = memory_need(read_config(folder), bits=bits, group_size=group_size, batch_tokens=batch_tokens,
                        max_length=max_length, calibration_tokens=tokens, checkpoint=checkpoint,
                        through="float" if device.dequantize else "quantized",
-                       teacher_bytes=device.dtype.size if device.dtype == mx.float32 else 2,
+                       teacher_bytes=4 if device.dtype == mx.float32 else 2,
                        source_bytes=ITEMSIZE.get(config.get("torch_dtype") or config.get("dtype"), 2))
     check_memory(need, available, device.device)
     return need
