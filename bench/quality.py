@@ -147,7 +147,7 @@ def label(r: dict) -> str:
         settings = DWQ_SETTINGS.get(r["setting"], {})
         what = "defaults (300 steps, 2048 tokens)" if not settings else \
             f"{settings['steps']} steps, {settings['batch_tokens']} tokens"
-        return f"**{r['bits']}-bit DWQ**, {what}"
+        return f"**{r['bits']}-bit DWQ**, group {r['group']}, {what}"
     return f"{r['method']}, group {r['group']}"
 
 
@@ -190,6 +190,7 @@ def report(data: dict, out: Path, readme: Path) -> None:
     lines += table(rows)
     lines += ["", f"DWQ rows meeting the bar: {len(passed)} of {len(dwq)}."]
     lines += [f"- {r['key']}: cut {r['cut']:+.1%}, worst {r['worst_cosine']:.5f}" for r in dwq if r not in passed]
+    lines += [""] + data.get("notes", [])
     lines += ["", "Random weights have no outlier channels; real checkpoints were not measured (no weights can be "
               "downloaded where this was built).", "", "Commands:", ""]
     lines += [f"    {c}" for c in data.get("commands", [])]
@@ -217,6 +218,7 @@ def main():
     parser.add_argument("--no-rtn", action="store_true", help="DWQ rows only (RTN rows of other runs still count)")
     parser.add_argument("--redo", action="store_true", help="measure rows already in quality.json again")
     parser.add_argument("--report", action="store_true", help="only rewrite quality.md and the README table")
+    parser.add_argument("--note", help="a line for quality.md (e.g. what was left out, and why)")
     parser.add_argument("--merge", action="append", default=[],
                         help="quality.json of a piece run in parallel (its own --out): add its rows and commands")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "mlx-embed-quality"),
@@ -235,6 +237,8 @@ def main():
     data |= dict(held_out=len(texts),
                  machine=f"{platform.machine()} CPU ({platform.system()}, {os.cpu_count()} cores, shared, nice 19), "
                          f"MLX {mx.__version__}")
+    if opts.note:
+        data["notes"] = data.get("notes", []) + [opts.note]
     for other in map(Path, opts.merge):  # pieces run side by side write their own files; one table from all
         piece = json.loads(other.read_text())
         keys = {r["key"] for r in piece["rows"]}
