@@ -57,9 +57,13 @@ class DistillReport:
     losses: list[float] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"held-out cosine to the float model over {self.holdout_texts} texts: round-to-nearest mean "
-                f"{self.before_mean:.5f} worst {self.before_worst:.5f}; distilled ({self.steps} steps, best at "
-                f"{self.best_step}) mean {self.after_mean:.5f} worst {self.after_worst:.5f}; kept {self.kept}")
+        head = (f"held-out cosine to the float model over {self.holdout_texts} texts: round-to-nearest mean "
+                f"{self.before_mean:.5f} worst {self.before_worst:.5f}; ")
+        if self.kept == "rounded":
+            return head + (f"no evaluation in {self.steps} distillation steps beat it on both the mean and the "
+                           "worst text, so round-to-nearest was kept (the output is plain rounding)")
+        return head + (f"distilled ({self.steps} steps, best at {self.best_step}) mean {self.after_mean:.5f} worst "
+                       f"{self.after_worst:.5f}; kept distilled")
 
 
 def read_calibration(path: Union[str, Path, None] = None, instruction: str = DEFAULT_INSTRUCTION) -> list[str]:

@@ -22,6 +22,7 @@ from mlx.utils import tree_map, tree_unflatten
 
 from .device import DTYPES, plan
 from .distill import distill, read_calibration
+from .distill_memory import plan_dwq_memory
 from .config import ModelArgs
 from .models.qwen3 import Qwen3
 from .stream import write_streamed
@@ -209,6 +210,9 @@ def convert(src: str, dst: str, *, bits: Optional[int] = None, group_size: int =
     reranker = model_kind(resolve(src)) == "reranker"
     if reranker and dwq:
         raise ValueError(f"{src} is a reranker: --dwq distills embedding vectors; convert it without dwq")
+    if dwq:  # refused before minutes of loading when this machine cannot hold distillation's peak (distill.py)
+        plan_dwq_memory(resolve(src), texts, RECIPES[recipe] if recipe else (bits or 4), group_size, batch_tokens,
+                        checkpoint)
     # tensor by tensor: memory for a few of the largest tensor, not for the model (stream.py); a reranker's head
     # goes the in-memory way
     if not dwq and not reranker:

@@ -116,6 +116,7 @@ def test_keeps_rounding_when_distillation_does_not_help(hub_model):
     rounded = parameters(student)
     report = distill(teacher, student, Tokenizer(hub_model), few_texts(), **{**SETTINGS, "steps": 10, "lr": 10.0})
     assert report.kept == "rounded" and report.after_mean == report.before_mean
+    assert "so round-to-nearest was kept" in report.summary()  # the converter prints this line
     assert all(np.array_equal(v, rounded[k]) for k, v in parameters(student).items())
 
 
@@ -162,7 +163,21 @@ def test_shipped_calibration_set_has_queries_documents_and_languages():
     kinds = {r["kind"] for r in records}
     langs = {r["lang"] for r in records}
     assert kinds == {"query", "document"} and len(records) >= 300
-    assert {"en", "de", "fr", "es", "zh", "ja", "code"} <= langs
+    assert {"en", "de", "fr", "es", "zh", "ja", "ru", "ar", "code"} <= langs
+    assert_covers_every_kind(records, long_passages=5)
+    code = "\n".join(r["text"] for r in records if r["lang"] == "code")
+    assert all(marker in code for marker in ("def ", "function", "SELECT", "done"))  # Python, JS, SQL, shell
+
+
+def assert_covers_every_kind(records: list[dict], long_passages: int) -> None:
+    """Languages, code, long passages, instructed queries, tables and lists (also used for heldout.jsonl)."""
+    texts = [r["text"] for r in records]
+    # 500-1500 tokens with the real tokenizer: ~2500+ bytes of UTF-8 (a Chinese character is 3 bytes, ~1 token)
+    assert sum(len(t.encode()) >= 2500 for t in texts) >= long_passages
+    assert sum("|---|" in t for t in texts) >= 3 and sum("\n- " in t or "\n1. " in t for t in texts) >= 3
+    assert sum(r["lang"] == "code" for r in records) >= 10
+    instructions = {r.get("instruction") for r in records if r["kind"] == "query"} - {None}
+    assert len(instructions) >= 3 and all(len(set(t)) > 1 for t in instructions)
 
 
 def test_read_calibration_instructs_queries_and_leaves_documents_plain(tmp_path):
@@ -177,3 +192,42 @@ def test_read_calibration_names_the_bad_line(tmp_path):
     path.write_text('{"text": "a", "kind": "query"}\n{"text": "b", "kind": "passage"}\n')
     with pytest.raises(ValueError, match=r"cal.jsonl line 2 has kind 'passage'"):
         read_calibration(path)
+
+
+def test_dwq_memory_bound_shrinks_with_checkpoint_and_grows_with_the_model():
+    """The converter's plan (distill.memory_need): --checkpoint keeps one block's activations and float weights
+    instead of every layer's; a deeper model and a larger batch need more."""
+    from mlx_qwen3_embed.config import ModelArgs
+    from mlx_qwen3_embed.distill_memory import memory_need
+
+    shape = dict(hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8,
+                 head_dim=128, vocab_size=151669)
+    plain = memory_need(ModelArgs(**shape, num_hidden_layers=28))
+    assert plain["total"] == plain["runtime"] + plain["student"] + plain["targets"] + max(plain["teacher"],
+                                                                                          plain["training"])
+    recomputed = memory_need(ModelArgs(**shape, num_hidden_layers=28), checkpoint=True)
+    assert recomputed["training"] < plain["training"] / 5 and recomputed["student"] == plain["student"]
+    assert memory_need(ModelArgs(**shape, num_hidden_layers=4))["total"] < plain["total"]
+    assert memory_need(ModelArgs(**shape, num_hidden_layers=28), batch_tokens=512)["training"] < plain["training"]
+    assert memory_need(ModelArgs(**shape, num_hidden_layers=28), bits=8)["student"] > plain["student"]
+
+
+def test_dwq_too_big_for_the_memory_is_refused_before_loading(hub_model, tmp_path, monkeypatch):
+    """MLX_QWEN3_EMBED_MEMORY stands for a small machine: --dwq is refused with the figures and the ways out,
+    before any weight is read, and nothing is written."""
+    from typer.testing import CliRunner
+
+    from mlx_qwen3_embed import quantize
+    from mlx_qwen3_embed.cli import app
+
+    monkeypatch.setenv("MLX_QWEN3_EMBED_MEMORY", "200MB")
+    monkeypatch.setattr(quantize, "load_float", lambda *a, **k: pytest.fail("weights read before the memory check"))
+    with pytest.raises(MemoryError, match=r"--dwq needs about .* GB .* only 0\.2 GB is available: use --checkpoint"):
+        quantize.convert(str(hub_model), str(tmp_path / "out"), bits=4, group_size=32, dwq=True)
+    result = CliRunner().invoke(app, ["convert", str(hub_model), str(tmp_path / "out"), "--dwq"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: --dwq needs about")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    monkeypatch.setenv("MLX_QWEN3_EMBED_MEMORY", "64GB")  # the same conversion where it fits: the check passes
+    need = quantize.plan_dwq_memory(hub_model, read_calibration(), 4, 32, 2048, False)
+    assert need["total"] < 64 << 30

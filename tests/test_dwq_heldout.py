@@ -9,42 +9,17 @@ import json
 import numpy as np
 import pytest
 
+from dwq_fixtures import HELDOUT, make_wide_checkpoint
+from test_distill import assert_covers_every_kind
+
 import mlx_qwen3_embed as mqe
-from conftest import CORPUS, SPECIAL, hub_config, random_weights, save_safetensors, write_sentence_transformers_files
-from mlx_qwen3_embed.distill import CALIBRATION, read_calibration
+from mlx_qwen3_embed.distill import read_calibration
 from mlx_qwen3_embed.quantize import convert
-
-HELDOUT = CALIBRATION.parent / "heldout.jsonl"
-VOCAB = 4000
-
-
-def write_wide_tokenizer(folder, texts) -> int:
-    """A byte-level BPE trained on `texts` with VOCAB entries, appending <|endoftext|> like the hub's."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIAL, show_progress=False,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    eos = tok.token_to_id("<|endoftext|>")
-    tok.post_processor = processors.TemplateProcessing(single="$A <|endoftext|>", pair="$A <|endoftext|> $B:1 "
-                                                       "<|endoftext|>:1", special_tokens=[("<|endoftext|>", eos)])
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
-    return tok.get_vocab_size(with_added_tokens=True)
 
 
 @pytest.fixture(scope="module")
 def wide_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("wide") / "tiny-wide-vocab"
-    folder.mkdir()
-    vocab = write_wide_tokenizer(folder, CORPUS + read_calibration() + read_calibration(HELDOUT))
-    config = hub_config(vocab)
-    (folder / "config.json").write_text(json.dumps(config))
-    save_safetensors(folder, random_weights(config))
-    write_sentence_transformers_files(folder, config["hidden_size"])
-    return folder
+    return make_wide_checkpoint(tmp_path_factory.mktemp("wide") / "tiny-wide-vocab")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +34,8 @@ def test_heldout_set_shares_no_text_with_calibration(wide_model):
     assert len(held) >= 60 and not calibration & set(held)
     records = [json.loads(line) for line in HELDOUT.read_text(encoding="utf-8").splitlines()]
     assert {r["kind"] for r in records} == {"query", "document"} and len({r["lang"] for r in records}) >= 10
+    assert {"ru", "ar", "zh", "ja", "code"} <= {r["lang"] for r in records}
+    assert_covers_every_kind(records, long_passages=3)  # the same kinds as calibration, other topics
     tokenizer = mqe.load(str(wide_model)).tokenizer
     seen = {t for ids in tokenizer.encode(sorted(calibration), 512) for t in ids}
     unseen = [np.mean([t not in seen for t in ids]) for ids in tokenizer.encode(held, 512)]

@@ -16,7 +16,12 @@ def convert(
     dtype: str | None = typer.Option(None, help="bfloat16, float16 or float32 for scales and norms "
                                                 "(default: the source's)."),
     dwq: bool = typer.Option(False, "--dwq", help="Embedding-distilled quantization: tune scales and biases so "
-                                                  "the vectors match the float model's on calibration texts."),
+                                                  "the vectors match the float model's on calibration texts. "
+                                                  "Peak memory: the float32 teacher while it loads (~6 bytes a "
+                                                  "parameter), then fp32 copies of the student's matrices and one "
+                                                  "batch's activations for every layer (--checkpoint: one block's); "
+                                                  "estimated from config.json and refused before loading when above "
+                                                  "the memory available (0.6B: ~14 GB, ~5.2 GB with --checkpoint)."),
     calibration: str | None = typer.Option(None, help="--dwq texts: JSON Lines {text, kind: query|document} "
                                                       "(default: mlx_qwen3_embed/data/calibration/calibration.jsonl)."),
     steps: int = typer.Option(300, help="--dwq training steps."),
