@@ -112,18 +112,26 @@ def main():
         pairs_many = [(q, d) for q in queries for d in passages]
         tokens_one = sum(map(len, ours.tokenize_pairs(pairs_one)))
         tokens_many = sum(map(len, ours.tokenize_pairs(pairs_many)))
-        rows = []
-        for name, one, many, warm_up in (
-                ("mlx-qwen3-embed (fp32, CPU)", lambda: ours.score(queries[0], passages),
-                 lambda: ours.score_pairs(pairs_many), lambda: ours.score(queries[0], passages[:8])),
-                ("sentence-transformers CrossEncoder (torch fp32, CPU)",
-                 lambda: peer.predict(peer_pairs(queries[:1]), batch_size=32),
-                 lambda: peer.predict(peer_pairs(queries), batch_size=32),
-                 lambda: peer.predict(peer_pairs(queries[:1])[:8], batch_size=32))):
-            t_one = statistics.median(timed(one, options.rounds, warm_up))
-            t_many = timed(many, 1, lambda: None)[0] if len(queries) > 1 else None
-            rows.append((name, t_one, t_many))
-    n_one, n_many = len(pairs_one), len(pairs_many)
+        systems = (
+            ("mlx-qwen3-embed (fp32, CPU)", lambda: ours.score(queries[0], passages),
+             lambda: ours.score_pairs(pairs_many), lambda: ours.score(queries[0], passages[:8])),
+            ("sentence-transformers CrossEncoder (torch fp32, CPU)",
+             lambda: peer.predict(peer_pairs(queries[:1]), batch_size=32),
+             lambda: peer.predict(peer_pairs(queries), batch_size=32),
+             lambda: peer.predict(peer_pairs(queries[:1])[:8], batch_size=32)))
+        rows = {name: [None, None] for name, *_ in systems}
+        # every 1 x N figure first, then the long runs; the table is rewritten after each measurement, so a
+        # run stopped part way (a timeout) keeps what it measured
+        for name, one, _, warm_up in systems:
+            rows[name][0] = statistics.median(timed(one, options.rounds, warm_up))
+            report(options, rows, len(pairs_one), len(pairs_many), len(queries), tokens_one, tokens_many, torch)
+        for name, _, many, _ in systems if len(queries) > 1 else ():
+            rows[name][1] = timed(many, 1, lambda: None)[0]
+            report(options, rows, len(pairs_one), len(pairs_many), len(queries), tokens_one, tokens_many, torch)
+
+
+def report(options, rows: dict, n_one: int, n_many: int, n_queries: int, tokens_one: int, tokens_many: int, torch):
+    """Write the Markdown table of what is measured so far (and print it)."""
     lines = [
         "# Rerank: one query x 100 passages, and many queries x 100 (bench/rerank_bench.py)", "",
         f"Random weights, Qwen3-Reranker-0.6B shape (28 layers, hidden 1024, 151,669-row tied head), 8,000-entry "
@@ -131,15 +139,16 @@ def main():
         f"mlx_qwen3_embed/data/calibration; {platform.machine()}, {os.cpu_count()} cores, MLX CPU backend with "
         f"OpenBLAS; torch {torch.__version__}. Median of {options.rounds} round(s) after a warm-up on 8 pairs; "
         "the many-query run once. "
-        f"1 x {options.passages}: {tokens_one} tokens; {len(queries)} x {options.passages}: "
+        f"1 x {options.passages}: {tokens_one} tokens; {n_queries} x {options.passages}: "
         f"{tokens_many} tokens.", "",
-        f"| system | 1 x {options.passages}: latency | pairs/s | {len(queries)} x {options.passages}: time | pairs/s |",
+        f"| system | 1 x {options.passages}: latency | pairs/s | {n_queries} x {options.passages}: time | pairs/s |",
         "|---|---|---|---|---|"]
-    for name, one, many in rows:
-        lines.append(f"| {name} | {one:.2f} s | {n_one / one:.1f} | "
+    for name, (one, many) in rows.items():
+        lines.append(f"| {name} | "
+                     + (f"{one:.2f} s | {n_one / one:.1f} | " if one else "not run | | ")
                      + (f"{many:.1f} s | {n_many / many:.1f} |" if many else "not run | |"))
     Path(options.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":
