@@ -66,18 +66,27 @@ class DistillReport:
                        f"{self.after_worst:.5f}; kept distilled")
 
 
-def read_calibration(path: Union[str, Path, None] = None, instruction: str = DEFAULT_INSTRUCTION) -> list[str]:
-    """JSON Lines of {"text", "kind": "query"|"document", "lang"} -> the texts as the model reads them:
-    queries in the instruction format ("Instruct: {instruction}\\nQuery:{text}"), documents as they are."""
+def calibration_records(path: Union[str, Path, None] = None) -> list[tuple[str, dict]]:
+    """(kind, record) of each line of a calibration file (JSON Lines of {"text", "kind": "query"|"document",
+    "lang", "instruction"?}; the packaged set by default), kinds checked."""
     path = Path(path) if path is not None else CALIBRATION
     if not path.is_file():
         raise FileNotFoundError(f"no calibration file at {path}: give a JSON Lines file of "
                                 '{"text": ..., "kind": "query"|"document"}')
-    texts = []
+    records = []
     for number, record in jsonl_records(path.read_text(encoding="utf-8"), str(path)):
         kind = record.get("kind", "document")
         if kind not in KINDS:
             raise ValueError(f'{path} line {number} has kind {kind!r}: use "query" or "document"')
+        records.append((kind, record))
+    return records
+
+
+def read_calibration(path: Union[str, Path, None] = None, instruction: str = DEFAULT_INSTRUCTION) -> list[str]:
+    """A calibration file -> the texts as the model reads them: queries in the instruction format
+    ("Instruct: {instruction}\\nQuery:{text}"), documents as they are."""
+    texts = []
+    for kind, record in calibration_records(path):
         # a record may carry its own task instruction (classification, similarity, code search ...)
         task = record.get("instruction") or instruction
         texts.append(query_prompt(task) + record["text"] if kind == "query" else record["text"])

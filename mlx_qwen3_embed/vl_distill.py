@@ -23,9 +23,8 @@ from mlx.utils import tree_map
 from PIL import Image, ImageDraw, ImageFont
 
 from .batching import plan_batches
-from .distill import CALIBRATION, KINDS, DistillReport, check_tuning, split_holdout, tune
+from .distill import CALIBRATION, DistillReport, calibration_records, check_tuning, split_holdout, tune
 from .models.qwen3_vl import MRows, Qwen3VL
-from .textio import jsonl_records
 from .tokenizer import DEFAULT_INSTRUCTION
 from .vl_embedder import VLEmbedder
 
@@ -98,15 +97,8 @@ def text_items(path: Union[str, Path, None] = None) -> list[dict]:
     """A calibration file (JSON Lines {"text", "kind": "query"|"document", "instruction"?}) -> items in the
     Qwen3-VL-Embedding form: queries carry their task as the item's instruction (the recipe's system turn),
     documents the default ("Represent the user's input.")."""
-    path = Path(path) if path is not None else CALIBRATION
-    if not path.is_file():
-        raise FileNotFoundError(f"no calibration file at {path}: give a JSON Lines file of "
-                                '{"text": ..., "kind": "query"|"document"}')
     items = []
-    for number, record in jsonl_records(path.read_text(encoding="utf-8"), str(path)):
-        kind = record.get("kind", "document")
-        if kind not in KINDS:
-            raise ValueError(f'{path} line {number} has kind {kind!r}: use "query" or "document"')
+    for kind, record in calibration_records(path):
         task = record.get("instruction") or DEFAULT_INSTRUCTION
         items.append({"text": record["text"], "instruction": task} if kind == "query" else {"text": record["text"]})
     return items
