@@ -17,6 +17,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from . import pooling as _pooling
 from . import precision as _precision
 from .corpus_dedup import Seen, digests
 from .corpus_io import Source, output_format, save_atomic, sidecars, write_output
@@ -76,7 +77,7 @@ def embed_corpus(embedder: Embedder, input: Union[str, Path], output: Union[str,
     output = Path(output).expanduser()
     format = output_format(output)
     _precision.check(precision)
-    dim = embedder._check_dim(dim)
+    dim = _pooling.check_dim(dim, embedder.dim)
     if rank == 0:
         if not output.parent.is_dir():
             raise FileNotFoundError(f"cannot write {output}: folder {output.parent} does not exist")

@@ -113,7 +113,7 @@ class Embedder:
 
     def _embed_sequences(self, sequences: list[list[int]], dim: Optional[int], normalize: bool,
                          pooling: Optional[str], batch_tokens: Optional[int]) -> np.ndarray:
-        dim = self._check_dim(dim)
+        dim = _pooling.check_dim(dim, self.dim)
         method = _pooling.check(pooling or self.pooling)
         check_batch_tokens(batch_tokens)
         if self.cache is not None and sequences:
@@ -160,13 +160,6 @@ class Embedder:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
             raise ValueError(f"max_length must be an int of at least 2 (text + <|endoftext|>), got {max_length!r}")
         return max_length
-
-    def _check_dim(self, dim: Optional[int]) -> int:
-        if dim is None:
-            return self.dim
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= self.dim:
-            raise ValueError(f"dim must be between 1 and {self.dim}, got {dim!r}")
-        return int(dim)
 
 
 def _check_texts(texts: Texts) -> list[str]:

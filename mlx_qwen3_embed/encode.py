@@ -13,7 +13,7 @@ import mlx.core as mx
 import numpy as np
 
 from . import precision as _precision
-from .pooling import normalize as _normalize
+from .pooling import check_dim as _check_dim, normalize as _normalize
 
 
 def encode(embedder, inputs: Union[str, Sequence[str]], prompt_name: Optional[str] = None,
@@ -41,7 +41,7 @@ def encode(embedder, inputs: Union[str, Sequence[str]], prompt_name: Optional[st
         raise ValueError("device, pool and chunk_size must be None: the device is chosen at load(device=...)")
     _precision.check(precision)
     if truncate_dim is not None:
-        embedder._check_dim(truncate_dim)
+        _check_dim(truncate_dim, embedder.dim)
     if prompt is None and prompt_name is None:
         prompt_name = _default_prompt_name(embedder)
     if prompt is not None:

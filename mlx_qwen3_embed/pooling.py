@@ -1,6 +1,7 @@
 """Pooling of hidden states, Matryoshka truncation and L2 normalisation: pure array functions."""
 
 import mlx.core as mx
+import numpy as np
 
 POOLINGS = ("last", "mean", "first", "max")
 
@@ -28,6 +29,15 @@ def pool(hidden: mx.array, lengths: mx.array, method: str = "last") -> mx.array:
     if method == "mean":
         return (hidden * real).sum(axis=1) / lengths[:, None].astype(hidden.dtype)
     return mx.where(real, hidden, mx.array(-mx.inf, hidden.dtype)).max(axis=1)  # "max"
+
+
+def check_dim(dim, full: int) -> int:
+    """A Matryoshka width: None -> `full`; else an int in 1..full, or ValueError naming it."""
+    if dim is None:
+        return full
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= full:
+        raise ValueError(f"dim must be between 1 and {full}, got {dim!r}")
+    return int(dim)
 
 
 def truncate(vectors: mx.array, dim: int) -> mx.array:

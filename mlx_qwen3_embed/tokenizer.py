@@ -25,6 +25,17 @@ def read_prompts(folder: Path) -> dict[str, str]:
     return {"query": query_prompt(DEFAULT_INSTRUCTION), "document": "", **prompts}
 
 
+def read_tokenizer(folder: Path) -> _HFTokenizer:
+    """The folder's tokenizer.json, with no truncation and no padding (we bound and pad ourselves)."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer.json in {folder}: is this a model folder?")
+    tokenizer = _HFTokenizer.from_file(str(path))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
 class Tokenizer:
     """tokenizer.json through HF `tokenizers`; every sequence ends in exactly one <|endoftext|>.
 
@@ -33,15 +44,10 @@ class Tokenizer:
     """
 
     def __init__(self, folder: Path):
-        path = folder / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no tokenizer.json in {folder}: is this a model folder?")
-        self._tokenizer = _HFTokenizer.from_file(str(path))
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
+        self._tokenizer = read_tokenizer(folder)
         self.eos_id = self._tokenizer.token_to_id(EOS)
         if self.eos_id is None:
-            raise ValueError(f"{path} has no {EOS} token: not a Qwen3 tokenizer")
+            raise ValueError(f"{folder / 'tokenizer.json'} has no {EOS} token: not a Qwen3 tokenizer")
         # no token covers more characters of the input than this (byte-level tokens: one char per byte), so a
         # text of more than max_length * chars_per_token characters has more than max_length tokens
         longest = max(len(token) for token in self._tokenizer.get_vocab(with_added_tokens=True))

@@ -14,7 +14,6 @@ from typing import Any, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
-from tokenizers import Tokenizer as _HFTokenizer
 
 from . import images as _images
 from . import pooling as _pooling
@@ -22,6 +21,7 @@ from . import video as _video
 from .batching import run_batches
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3_vl import MRows, Qwen3VL, VLArgs
+from .tokenizer import read_tokenizer
 from .vl_loading import load_vl_model
 
 DEFAULT_VL_INSTRUCTION = "Represent the user's input."
@@ -56,12 +56,7 @@ class VLEmbedder:
                  max_length: int = MAX_LENGTH, pooling: str = "last", layer: Optional[int] = None,
                  min_pixels: int = _images.MIN_PIXELS, max_pixels: int = _images.MAX_PIXELS,
                  max_image_pixels: int = _images.MAX_IMAGE_PIXELS):
-        path = folder / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no tokenizer.json in {folder}: is this a model folder?")
-        self._tokenizer = _HFTokenizer.from_file(str(path))
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
+        self._tokenizer = read_tokenizer(folder)
         self.model, self.folder, self.args, self.device, self.name = model, folder, args, device, name
         self.max_length, self.pooling = max_length, _pooling.check(pooling)
         self.layer = self._check_layer(layer)
@@ -96,7 +91,7 @@ class VLEmbedder:
     def embed_prepared(self, prepared: list[Prepared], *, dim: Optional[int] = None, normalize: bool = True,
                        batch_tokens: Optional[int] = None) -> np.ndarray:
         """Items already through `prepare` (their token counts known: len(p.ids)) -> (N, dim) float32."""
-        dim = self._check_dim(dim)
+        dim = _pooling.check_dim(dim, self.dim)
         check_batch_tokens(batch_tokens)
         def forward(batch: list[Prepared]) -> mx.array:
             pooled = _pooling.truncate(self._forward(batch).astype(mx.float32), dim)
@@ -246,13 +241,6 @@ class VLEmbedder:
             raise ValueError(f"layer must be between {-(n + 1)} and {n} (0: the embeddings, {n} or -1: the "
                              f"final-normed output), got {layer!r}")
         return int(layer)
-
-    def _check_dim(self, dim: Optional[int]) -> int:
-        if dim is None:
-            return self.dim
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= self.dim:
-            raise ValueError(f"dim must be between 1 and {self.dim}, got {dim!r}")
-        return int(dim)
 
 
 def _check_items(items: Any) -> list:
