@@ -31,12 +31,12 @@ def pool(hidden: mx.array, lengths: mx.array, method: str = "last") -> mx.array:
     return mx.where(real, hidden, mx.array(-mx.inf, hidden.dtype)).max(axis=1)  # "max"
 
 
-def check_dim(dim, full: int) -> int:
-    """A Matryoshka width: None -> `full`; else an int in 1..full, or ValueError naming it."""
+def check_dim(dim, full: int, name: str = "dim") -> int:
+    """A Matryoshka width: None -> `full`; else an int in 1..full, or ValueError naming it (as `name`)."""
     if dim is None:
         return full
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= full:
-        raise ValueError(f"dim must be between 1 and {full}, got {dim!r}")
+        raise ValueError(f"{name} must be between 1 and {full}, got {dim!r}")
     return int(dim)
 
 

@@ -63,7 +63,7 @@ class VLEmbedder:
         self.min_pixels, self.max_pixels, self.max_image_pixels = min_pixels, max_pixels, max_image_pixels
         self.pad_id = self._tokenizer.token_to_id(PAD)
         if self.pad_id is None:
-            raise ValueError(f"{path} has no {PAD} token: not a Qwen3-VL tokenizer")
+            raise ValueError(f"{folder / 'tokenizer.json'} has no {PAD} token: not a Qwen3-VL tokenizer")
 
     @property
     def dim(self) -> int:

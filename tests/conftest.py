@@ -39,6 +39,10 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6,
             rope_theta=1_000_000.0, tie_word_embeddings=True)
+# The real Qwen3-Embedding-0.6B / Qwen3-Reranker-0.6B decoder shape (../shared/REFERENCE.md), vocabulary apart:
+# the benchmarks' random checkpoints and the FLOP-count test
+QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, max_position_embeddings=32768)
 
 
 def make_tokenizer(append_eos: bool):
@@ -223,6 +227,16 @@ def embedder(hub_model):
     import mlx_qwen3_embed as mqe
 
     return mqe.load(str(hub_model))
+
+
+@pytest.fixture
+def runner(monkeypatch):
+    """Typer's CliRunner for `mlx-embed`, with the user's model/reranker/debug variables cleared."""
+    from typer.testing import CliRunner
+
+    for name in ("MLX_EMBED_MODEL", "MLX_EMBED_RERANKER", "MLX_EMBED_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    return CliRunner()
 
 
 @pytest.fixture(scope="module")

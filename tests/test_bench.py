@@ -19,9 +19,10 @@ from mlx_qwen3_embed.cli import app
 from mlx_qwen3_embed.config import ModelArgs
 from mlx_qwen3_embed.device import plan
 
-QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, vocab_size=151669, max_position_embeddings=32768,
-                 rms_norm_eps=1e-6, rope_theta=1_000_000.0, tie_word_embeddings=True)
+import conftest
+
+QWEN3_06B = dict(conftest.QWEN3_06B, vocab_size=151669, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
+                 tie_word_embeddings=True)
 FIELDS = {"model", "device", "dtype", "blas", "kernels", "batch_tokens", "texts", "tokens", "mean_tokens", "rounds",
           "corpus_seconds", "tokens_per_s", "texts_per_s", "query_p50_ms", "query_p95_ms", "queries_timed",
           "flops_per_token", "achieved_gflops", "gemm_gflops", "roofline_fraction", "peak_mlx_memory_mb",
@@ -36,10 +37,10 @@ def small_gemm(monkeypatch) -> None:
 
 
 @pytest.fixture
-def runner(monkeypatch) -> CliRunner:
-    monkeypatch.delenv("MLX_EMBED_MODEL", raising=False)
+def runner(runner, monkeypatch) -> CliRunner:
+    """conftest's runner, with small matmuls in the bench's BLAS check."""
     small_gemm(monkeypatch)
-    return CliRunner()
+    return runner
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed import quantize
@@ -20,13 +19,6 @@ from mlx_qwen3_embed.device import plan
 TEXTS = ["MLX runs on Apple silicon.", "The quick brown fox.", "快速的棕色狐狸", "a"]
 INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 SCRIPT = str(Path(sys.executable).parent / "mlx-embed")
-
-
-@pytest.fixture
-def runner(monkeypatch) -> CliRunner:
-    monkeypatch.delenv("MLX_EMBED_MODEL", raising=False)
-    monkeypatch.delenv("MLX_EMBED_DEBUG", raising=False)
-    return CliRunner()
 
 
 @pytest.fixture(scope="module")

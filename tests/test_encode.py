@@ -6,16 +6,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-import mlx_qwen3_embed as mqe
 
 st = pytest.importorskip("sentence_transformers")
 
 ATOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def embedder(hub_model):
-    return mqe.load(str(hub_model))
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,6 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def embedder(hub_model):
-    return mqe.load(str(hub_model))
-
-
-@pytest.fixture(scope="module")
 def reference_hidden(hub_model, embedder, texts):
     """transformers' final hidden states of each text alone: a list of (L_i, D)."""
     from transformers import AutoModel

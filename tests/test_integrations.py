@@ -11,11 +11,6 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def embedder(hub_model):
-    return mqe.load(str(hub_model))
-
-
-@pytest.fixture(scope="module")
 def sample(texts):
     return [t for t in texts if t]
 

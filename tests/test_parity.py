@@ -30,11 +30,6 @@ def transformers_embed(folder, texts: list[str], max_length: int = 512) -> np.nd
     return torch.nn.functional.normalize(vectors, p=2, dim=1).numpy()
 
 
-@pytest.fixture(scope="module")
-def embedder(hub_model):
-    return mqe.load(str(hub_model))
-
-
 def test_matches_transformers_batched_mixed_lengths(embedder, hub_model, texts):
     expected = transformers_embed(hub_model, texts)
     got = embedder.embed(texts)

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed import quantize
@@ -15,13 +14,6 @@ from rerank_checkpoints import DOCUMENTS, QUERIES
 from test_reranker import assert_spread, mlx_lm_scores
 
 TOLERANCE = 1e-5
-
-
-@pytest.fixture
-def runner(monkeypatch) -> CliRunner:
-    monkeypatch.delenv("MLX_EMBED_RERANKER", raising=False)
-    monkeypatch.delenv("MLX_EMBED_DEBUG", raising=False)
-    return CliRunner()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import pytest
 import uvicorn
 from fastapi import testclient as fastapi_testclient
 
-import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed.serve import create_app
 from mlx_qwen3_embed.serve.openai import INLINE_CHARS
 from mlx_qwen3_embed.serve.worker import BatchWorker, Job
@@ -25,11 +24,6 @@ openai = pytest.importorskip("openai")  # the `test` extra
 API_KEY = "test-key-123"
 INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 ATOL = 1e-6  # packing differs from the library's batches, so the last bits of a matmul may differ
-
-
-@pytest.fixture(scope="module")
-def embedder(hub_model):
-    return mqe.load(str(hub_model))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import uvicorn
 
-import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed.serve import create_app
 from mlx_qwen3_embed.serve.listen import GracefulServer, bind, guarded_protocol
 from mlx_qwen3_embed.serve.worker import BatchWorker, Job
@@ -28,11 +27,6 @@ API_KEY = "limits-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 AUTH_LINE = f"Authorization: Bearer {API_KEY}\r\n"
 SCRIPT = str(Path(sys.executable).parent / "mlx-embed")
-
-
-@pytest.fixture(scope="module")
-def embedder(hub_model):
-    return mqe.load(str(hub_model))
 
 
 @pytest.fixture(scope="module")

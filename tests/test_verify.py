@@ -19,11 +19,6 @@ SCRIPT = str(Path(sys.executable).parent / "mlx-embed")
 
 
 @pytest.fixture(scope="module")
-def embedder(hub_model):
-    return mqe.load(str(hub_model))
-
-
-@pytest.fixture(scope="module")
 def reference_scores(hub_model) -> list[list[float]]:
     model = st.SentenceTransformer(str(hub_model), device="cpu")
     queries = model.encode(QUERIES, prompt=query_prompt(DEFAULT_INSTRUCTION))

@@ -2,6 +2,7 @@
 recipe (fp32, cosine >= 0.99999) for text, images and both, in any batch; bad items name their index."""
 
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -175,6 +176,15 @@ def test_bad_layer_and_dim(vl_model, embedder):
     with pytest.raises(ValueError, match="dim must be between"):
         embedder.embed("x", dim=0)
 
+
+
+def test_tokenizer_without_the_pad_token_is_refused(vl_model, tmp_path):
+    folder = tmp_path / "no-pad"
+    shutil.copytree(vl_model, folder)
+    tokenizer = folder / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace("<|endoftext|>", "<|end-of-text|>"))
+    with pytest.raises(ValueError, match=r"no-pad/tokenizer.json has no <\|endoftext\|> token"):
+        mqe.load(str(folder))
 
 # ------------------------------------------------------------------------------------------ instruct-model mode
 

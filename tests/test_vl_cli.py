@@ -5,18 +5,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed.cli import app
 from vl_fixtures import vl_model  # noqa: F401  (session fixture)
-
-
-@pytest.fixture
-def runner(monkeypatch) -> CliRunner:
-    monkeypatch.delenv("MLX_EMBED_MODEL", raising=False)
-    monkeypatch.delenv("MLX_EMBED_DEBUG", raising=False)
-    return CliRunner()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed.cli import app
@@ -20,12 +19,6 @@ from mlx_qwen3_embed.vl_quantize import convert_vl
 from vl_fixtures import vl_instruct_model, vl_model  # noqa: F401  (session fixtures)
 
 SCRIPT = str(Path(sys.executable).parent / "mlx-embed")
-
-
-@pytest.fixture
-def runner(monkeypatch) -> CliRunner:
-    monkeypatch.delenv("MLX_EMBED_DEBUG", raising=False)
-    return CliRunner()
 
 
 @pytest.fixture(scope="module")

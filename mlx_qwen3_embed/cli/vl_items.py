@@ -1,12 +1,11 @@
 """`mlx-embed embed` for Qwen3-VL models: text, --image and JSON Lines items ({"text", "image", "video"}) ->
 the same JSON lines or .npy as for texts. cli/embed.py hands over to `embed_items` for a qwen3_vl model."""
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
 
-
+from ..textio import json_lines
 from ..vl_embedder import ITEM_KEYS
 
 CHUNK = 64  # items per call when a progress bar is shown; vectors do not depend on the chunking
@@ -64,13 +63,7 @@ def _read(file: str) -> str:
 def parse_items(content: str, name: str) -> list[dict]:
     """JSON Lines -> item dicts; a line that is not an object of text/image/video/instruction is named."""
     items = []
-    for number, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{name} line {number} is not JSON ({e.msg}): give one JSON object per line") from None
+    for number, record in json_lines(content, name):
         if not isinstance(record, dict) or not set(record) & {"text", "image", "video"} \
                 or set(record) - set(ITEM_KEYS):
             raise ValueError(f"{name} line {number} must be an object with text, image and/or video "

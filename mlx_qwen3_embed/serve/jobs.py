@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 from ..embedder import Embedder
+from ..pooling import check_dim
 from .errors import ApiError
 from .worker import BatchWorker, Job, QueueFull
 
@@ -36,11 +37,11 @@ def tokenize(embedder: Embedder, texts: list[str], *, prompt_name: Optional[str]
 
 
 def check_dimensions(dimensions: Optional[int], full: int) -> int:
-    if dimensions is None:
-        return full
-    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 1 <= dimensions <= full:
-        raise ApiError(f"dimensions must be between 1 and {full}, got {dimensions!r}", "dimensions", "invalid_value")
-    return dimensions
+    """A request's `dimensions` (pooling.check_dim) -> the width, or an ApiError on the `dimensions` field."""
+    try:
+        return check_dim(dimensions, full, "dimensions")
+    except ValueError as e:
+        raise ApiError(str(e), "dimensions", "invalid_value") from None
 
 
 async def run(worker: BatchWorker, sequences: list[list[int]], dim: int, normalize: bool = True) -> np.ndarray:

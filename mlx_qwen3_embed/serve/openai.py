@@ -50,7 +50,7 @@ def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *
     allow_remote_images: Qwen3-VL items may carry http(s) image URLs, downloaded by the server (serve/items.py)."""
 
     async def embeddings(body: EmbeddingRequest):
-        dim = _check_dimensions(body.dimensions, embedder.dim)
+        dim = jobs.check_dimensions(body.dimensions, embedder.dim)
         # a few short texts tokenize in microseconds; only a big request is worth a thread hop off the event loop
         if hasattr(embedder, "embed_prepared"):  # Qwen3-VL: items with images (serve/items.py), decoded off the loop
             sequences = await run_in_threadpool(_prepare_items, embedder, body, max_inputs, allow_remote_images)
@@ -85,16 +85,6 @@ def _size(given: Any) -> int:
     if isinstance(given, list):
         return sum(len(x) if isinstance(x, (str, list)) else 1 for x in given)
     return 0
-
-
-
-def _check_dimensions(dimensions: Optional[int], full: int) -> int:
-    if dimensions is None:
-        return full
-    if not 1 <= dimensions <= full:
-        raise ApiError(f"dimensions must be between 1 and {full}, got {dimensions}", "dimensions",
-                       "invalid_value")
-    return dimensions
 
 
 def _tokenize(embedder: Embedder, body: EmbeddingRequest, max_inputs: int) -> list[list[int]]:
