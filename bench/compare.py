@@ -28,16 +28,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from mlx_qwen3_embed.blas import reexec_env  # noqa: E402  (ctypes only: MLX is not imported yet)
 
-# The real 0.6B shape (../shared/REFERENCE.md); the vocabulary stays the tiny test tokenizer's
-QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, max_position_embeddings=32768)
 INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 ST = "sentence-transformers"
 
 
 def build_checkpoint(workdir: Path) -> Path:
-    """The 0.6B-shaped random checkpoint in the hub layout (fp32), made once with tests/conftest.py's helpers."""
-    from conftest import make_hub_checkpoint
+    """The 0.6B-shaped random checkpoint in the hub layout (fp32), made once with tests/conftest.py's helpers: the
+    real decoder shape, the tiny test tokenizer's vocabulary."""
+    from conftest import QWEN3_06B, make_hub_checkpoint
 
     folder = workdir / "qwen3-embedding-0.6b-random"
     if not (folder / "model.safetensors").is_file():
@@ -69,9 +67,17 @@ src = sys.argv[1]
 sys.path[:0] = [src, src + "/gguf-py"]
 from conversion.base import TextModel
 TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
-sys.argv = [src + "/convert_hf_to_gguf.py", sys.argv[2], "--outtype", "f16", "--outfile", sys.argv[3]]
+sys.argv = [src + "/convert_hf_to_gguf.py", sys.argv[2], "--outtype", sys.argv[4], "--outfile", sys.argv[3]]
 runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
 """
+
+
+def convert_gguf(src: Path, checkpoint: Path, out: Path, outtype: str) -> Path:
+    """A hub-layout folder -> a GGUF file of `outtype` (f32, f16, ...) with the converter in llama.cpp tree `src`."""
+    subprocess.run([sys.executable, "-c", CONVERT, str(src), str(checkpoint), f"{out}.partial", outtype],
+                   check=True, capture_output=True)
+    os.replace(f"{out}.partial", out)
+    return out
 
 
 def make_ggufs(checkpoint: Path, workdir: Path) -> dict[str, Path]:
@@ -80,10 +86,7 @@ def make_ggufs(checkpoint: Path, workdir: Path) -> dict[str, Path]:
 
     f16, q4 = workdir / "qwen3-0.6b-random-f16.gguf", workdir / "qwen3-0.6b-random-Q4_K_M.gguf"
     if not f16.is_file():
-        src = llama_cpp_source(workdir)
-        subprocess.run([sys.executable, "-c", CONVERT, str(src), str(checkpoint), str(f16) + ".partial"],
-                       check=True, capture_output=True)
-        os.replace(str(f16) + ".partial", f16)
+        convert_gguf(llama_cpp_source(workdir), checkpoint, f16, "f16")
     if not q4.is_file():
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M

@@ -13,16 +13,32 @@ entries trained on the packaged calibration texts, which splits these passages i
 Qwen's does (1.6 tokens per word here; Qwen's ~1.3 for English). Both read the same token ids: CrossEncoder gets
 each pair as (prefix + instruction + query, document + suffix), the card's template, so token counts match within
 a token or two.
+
+llama.cpp's server (`--llama-cpp DIR`, a llama.cpp source tree with build/bin/llama-server built) gets the same
+folder converted by its own convert_hf_to_gguf.py to an f32 GGUF (its Qwen3-Reranker path: rank pooling, the two
+head rows as the classifier) and the same passages through `POST /v1/rerank`, one request per query. The converter
+does not know this tokenizer's hash, so it is told its pre-tokenizer, "gpt-2" (the byte-level regex it was trained
+with; bench/compare.py). llama.cpp ships inside the llama-cpp-python sdist, the one place it is reachable from here:
+
+    pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 && tar xzf llama_cpp_python-0.3.36.tar.gz
+    cmake -S llama_cpp_python-0.3.36/vendor/llama.cpp -B llama_cpp_python-0.3.36/vendor/llama.cpp/build \
+        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF && cmake --build llama_cpp_python-0.3.36/vendor/llama.cpp/build \
+        --target llama-server -j 2
+    python bench/rerank_bench.py --llama-cpp llama_cpp_python-0.3.36/vendor/llama.cpp --systems llama.cpp \
+        --out bench/results/rerank_llamacpp.md
 """
 
 import argparse
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +47,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from mlx_qwen3_embed.blas import reexec_env  # noqa: E402  (ctypes only: MLX is not imported yet)
 
-QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, max_position_embeddings=32768)
 INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
 
@@ -43,7 +57,7 @@ def texts(kind: str) -> list[str]:
 
 def make_checkpoint(folder: Path) -> Path:
     """A Qwen3-Reranker-0.6B-shaped folder (hub layout, fp32, tied head) with the real vocabulary size."""
-    from conftest import SPECIAL, hub_config, save_safetensors
+    from conftest import QWEN3_06B, SPECIAL, hub_config, save_safetensors
     from rerank_checkpoints import reranker_weights
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -70,6 +84,46 @@ def make_checkpoint(folder: Path) -> Path:
     return folder
 
 
+class LlamaServer:
+    """llama.cpp's llama-server reranking the folder (converted to an f32 GGUF) on a free loopback port."""
+
+    def __init__(self, llama: Path, folder: Path, workdir: Path):
+        from compare import convert_gguf  # bench/compare.py: llama.cpp's converter, told this BPE is GPT-2's
+
+        gguf = convert_gguf(llama, folder, Path(workdir) / "reranker-f32.gguf", "f32")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(Path(workdir) / "llama-server.log", "wb")
+        # rank pooling needs a whole pair in one micro-batch: 4,096 tokens, 4 slots of 4,096 (passages are shorter)
+        self.process = subprocess.Popen(
+            [str(llama / "build" / "bin" / "llama-server"), "-m", str(gguf), "--reranking", "--host", "127.0.0.1",
+             "--port", str(port), "-t", str(os.cpu_count()), "-c", "16384", "-np", "4", "-b", "4096", "-ub", "4096"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.close()
+        raise RuntimeError(f"llama-server did not start: see {self.log.name}")
+
+    def rerank(self, query: str, documents: list[str]) -> dict:
+        body = json.dumps({"query": query, "documents": documents, "top_n": len(documents)}).encode()
+        request = urllib.request.Request(self.url + "/v1/rerank", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=3600) as answer:
+            return json.load(answer)
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait(30)
+        self.log.close()
+
+
 def timed(fn, rounds: int, warm_up) -> list[float]:
     warm_up()  # a few pairs: compiles, allocates, loads BLAS
     times = []
@@ -86,7 +140,12 @@ def main():
     parser.add_argument("--passages", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "rerank.md"))
+    parser.add_argument("--llama-cpp", type=Path, help="a llama.cpp source tree with build/bin/llama-server built")
+    parser.add_argument("--systems", help="comma-separated, of: ours, st, llama.cpp (default: all that are given)")
     options = parser.parse_args()
+    chosen = set((options.systems or "ours,st" + (",llama.cpp" if options.llama_cpp else "")).split(","))
+    if chosen - {"ours", "st", "llama.cpp"} or ("llama.cpp" in chosen and not options.llama_cpp):
+        parser.error(f"--systems {options.systems}: choose among ours, st, llama.cpp (llama.cpp needs --llama-cpp)")
     env = reexec_env()
     if env is not None:  # preload OpenBLAS like the CLI does
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
@@ -102,33 +161,60 @@ def main():
     queries = (texts("query") * 2)[: options.queries]
     with tempfile.TemporaryDirectory() as workdir:
         folder = make_checkpoint(Path(workdir) / "Qwen3-Reranker-0.6B-shape")
-        ours = mqe.load_reranker(str(folder))
-        peer = CrossEncoder(str(folder), device="cpu", model_kwargs={"dtype": torch.float32})
-
-        def peer_pairs(query_list):
-            return [(PREFIX + pair_body(INSTRUCTION, q), d + SUFFIX) for q in query_list for d in passages]
-
+        ours = mqe.load_reranker(str(folder))  # always: it counts the tokens
         pairs_one = [(queries[0], d) for d in passages]
         pairs_many = [(q, d) for q in queries for d in passages]
         tokens_one = sum(map(len, ours.tokenize_pairs(pairs_one)))
         tokens_many = sum(map(len, ours.tokenize_pairs(pairs_many)))
-        systems = (
-            ("mlx-qwen3-embed (fp32, CPU)", lambda: ours.score(queries[0], passages),
-             lambda: ours.score_pairs(pairs_many), lambda: ours.score(queries[0], passages[:8])),
-            ("sentence-transformers CrossEncoder (torch fp32, CPU)",
-             lambda: peer.predict(peer_pairs(queries[:1]), batch_size=32),
-             lambda: peer.predict(peer_pairs(queries), batch_size=32),
-             lambda: peer.predict(peer_pairs(queries[:1])[:8], batch_size=32)))
-        rows = {name: [None, None] for name, *_ in systems}
-        # every 1 x N figure first, then the long runs; the table is rewritten after each measurement, so a
-        # run stopped part way (a timeout) keeps what it measured
-        for name, one, _, warm_up in systems:
-            rows[name][0] = statistics.median(timed(one, options.rounds, warm_up))
-            report(options, rows, len(pairs_one), len(pairs_many), len(queries), tokens_one, tokens_many, torch)
-        for name, _, many, _ in systems if len(queries) > 1 else ():
-            rows[name][1] = timed(many, 1, lambda: None)[0]
-            report(options, rows, len(pairs_one), len(pairs_many), len(queries), tokens_one, tokens_many, torch)
+        systems = []
+        if "ours" in chosen:
+            systems.append(("mlx-qwen3-embed (fp32, CPU)", lambda: ours.score(queries[0], passages),
+                            lambda: ours.score_pairs(pairs_many), lambda: ours.score(queries[0], passages[:8])))
+        if "st" in chosen:
+            peer = CrossEncoder(str(folder), device="cpu", model_kwargs={"dtype": torch.float32})
 
+            def peer_pairs(query_list):
+                return [(PREFIX + pair_body(INSTRUCTION, q), d + SUFFIX) for q in query_list for d in passages]
+
+            systems.append(("sentence-transformers CrossEncoder (torch fp32, CPU)",
+                            lambda: peer.predict(peer_pairs(queries[:1]), batch_size=32),
+                            lambda: peer.predict(peer_pairs(queries), batch_size=32),
+                            lambda: peer.predict(peer_pairs(queries[:1])[:8], batch_size=32)))
+        if "llama.cpp" in chosen:
+            llama = LlamaServer(options.llama_cpp.resolve(), folder, Path(workdir))
+            check_llama(llama, ours, queries[0], passages)
+            systems.append(("llama.cpp llama-server /v1/rerank (f32 GGUF, CPU)",
+                            lambda: llama.rerank(queries[0], passages),
+                            lambda: [llama.rerank(q, passages) for q in queries],
+                            lambda: llama.rerank(queries[0], passages[:8])))
+        rows = {name: [None, None] for name, *_ in systems}
+        try:
+            # every 1 x N figure first, then the long runs; the table is rewritten after each measurement, so a
+            # run stopped part way (a timeout) keeps what it measured
+            for name, one, _, warm_up in systems:
+                rows[name][0] = statistics.median(timed(one, options.rounds, warm_up))
+                report(options, rows, len(pairs_one), len(pairs_many), len(queries), tokens_one, tokens_many, torch)
+            for name, _, many, _ in systems if len(queries) > 1 else ():
+                rows[name][1] = timed(many, 1, lambda: None)[0]
+                report(options, rows, len(pairs_one), len(pairs_many), len(queries), tokens_one, tokens_many, torch)
+        finally:
+            if "llama.cpp" in chosen:
+                llama.close()
+
+
+def check_llama(llama: LlamaServer, ours, query: str, passages: list[str]):
+    """Print how llama.cpp's scores and token count compare with ours (same weights, so the same ranking)."""
+    import numpy as np
+
+    answer = llama.rerank(query, passages)
+    theirs = np.zeros(len(passages))
+    for result in answer["results"]:
+        theirs[result["index"]] = result["relevance_score"]
+    mine = ours.score(query, passages).astype(np.float64)
+    logits = np.log(mine) - np.log1p(-mine)  # llama.cpp returns the yes - no logit difference or its sigmoid
+    print(f"llama.cpp vs ours on 1 x {len(passages)}: corr(score, logit) {np.corrcoef(theirs, logits)[0, 1]:.6f}, "
+          f"corr(score, p) {np.corrcoef(theirs, mine)[0, 1]:.6f}, tokens {answer.get('usage')} vs "
+          f"{sum(map(len, ours.tokenize_pairs([(query, d) for d in passages])))}", flush=True)
 
 def report(options, rows: dict, n_one: int, n_many: int, n_queries: int, tokens_one: int, tokens_many: int, torch):
     """Write the Markdown table of what is measured so far (and print it)."""
@@ -141,12 +227,14 @@ def report(options, rows: dict, n_one: int, n_many: int, n_queries: int, tokens_
         "the many-query run once. "
         f"1 x {options.passages}: {tokens_one} tokens; {n_queries} x {options.passages}: "
         f"{tokens_many} tokens.", "",
-        f"| system | 1 x {options.passages}: latency | pairs/s | {n_queries} x {options.passages}: time | pairs/s |",
-        "|---|---|---|---|---|"]
+        f"| system | 1 x {options.passages}: latency | pairs/s | tokens/s |"
+        + (f" {n_queries} x {options.passages}: time | pairs/s | tokens/s |" if n_queries > 1 else ""),
+        "|---|---|---|---|" + ("---|---|---|" if n_queries > 1 else "")]
     for name, (one, many) in rows.items():
         lines.append(f"| {name} | "
-                     + (f"{one:.2f} s | {n_one / one:.1f} | " if one else "not run | | ")
-                     + (f"{many:.1f} s | {n_many / many:.1f} |" if many else "not run | |"))
+                     + (f"{one:.2f} s | {n_one / one:.2f} | {tokens_one / one:.0f} |" if one else "not run | | |")
+                     + ("" if n_queries == 1 else f" {many:.1f} s | {n_many / many:.2f} | {tokens_many / many:.0f} |"
+                        if many else " not run | | |"))
     Path(options.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
