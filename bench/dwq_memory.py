@@ -1,5 +1,5 @@
 """Peak memory of `mlx-embed convert SRC DST --bits 4 --dwq` against the bound the converter plans with
-(distill.memory_need), on random bf16 checkpoints at the real 0.6B width and vocabulary.
+(distill_memory.memory_need), on random bf16 checkpoints at the real 0.6B width and vocabulary.
 
     python bench/dwq_memory.py --layers 2,4 --steps 2          # each run in a fresh process, peak RSS (VmHWM)
     python bench/dwq_memory.py --layers 28 --steps 2           # the real 0.6B shape (1.2 GB of disk)

@@ -17,9 +17,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import QWEN3_06B  # noqa: E402
+
 SHAPES = {  # ../shared/REFERENCE.md
-    "0.6B": dict(hidden_size=1024, num_hidden_layers=28, intermediate_size=3072, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, vocab_size=151669, max_position_embeddings=32768),
+    "0.6B": dict(QWEN3_06B, vocab_size=151669),
     "4B": dict(hidden_size=2560, num_hidden_layers=36, intermediate_size=9728, num_attention_heads=32,
                num_key_value_heads=8, head_dim=128, vocab_size=151665, max_position_embeddings=40960),
     "8B": dict(hidden_size=4096, num_hidden_layers=36, intermediate_size=12288, num_attention_heads=32,
@@ -32,7 +35,6 @@ def write_checkpoint(folder: Path, shape: dict, shard_bytes: int = 4 << 30) -> N
     """Hub layout, bf16, keys without `model.`: one shard at a time (random normal / sqrt(fan-in))."""
     import mlx.core as mx
 
-    sys.path.insert(0, str(ROOT / "tests"))
     from conftest import hub_config, write_sentence_transformers_files, write_tokenizer
 
     from mlx_qwen3_embed.config import ModelArgs

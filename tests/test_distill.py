@@ -195,13 +195,13 @@ def test_read_calibration_names_the_bad_line(tmp_path):
 
 
 def test_dwq_memory_bound_shrinks_with_checkpoint_and_grows_with_the_model():
-    """The converter's plan (distill.memory_need): --checkpoint keeps one block's activations and float weights
-    instead of every layer's; a deeper model and a larger batch need more."""
+    """The converter's plan (distill_memory.memory_need): --checkpoint keeps one block's activations and float
+    weights instead of every layer's; a deeper model and a larger batch need more."""
+    from conftest import QWEN3_06B
     from mlx_qwen3_embed.config import ModelArgs
     from mlx_qwen3_embed.distill_memory import memory_need
 
-    shape = dict(hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8,
-                 head_dim=128, vocab_size=151669)
+    shape = {k: v for k, v in QWEN3_06B.items() if k != "num_hidden_layers"} | {"vocab_size": 151669}
     plain = memory_need(ModelArgs(**shape, num_hidden_layers=28))
     assert plain["total"] == plain["runtime"] + plain["student"] + plain["targets"] + max(plain["teacher"],
                                                                                           plain["training"])
@@ -212,11 +212,9 @@ def test_dwq_memory_bound_shrinks_with_checkpoint_and_grows_with_the_model():
     assert memory_need(ModelArgs(**shape, num_hidden_layers=28), bits=8)["student"] > plain["student"]
 
 
-def test_dwq_too_big_for_the_memory_is_refused_before_loading(hub_model, tmp_path, monkeypatch):
+def test_dwq_too_big_for_the_memory_is_refused_before_loading(hub_model, tmp_path, monkeypatch, runner):
     """MLX_QWEN3_EMBED_MEMORY stands for a small machine: --dwq is refused with the figures and the ways out,
     before any weight is read, and nothing is written."""
-    from typer.testing import CliRunner
-
     from mlx_qwen3_embed import quantize
     from mlx_qwen3_embed.cli import app
 
@@ -224,7 +222,7 @@ def test_dwq_too_big_for_the_memory_is_refused_before_loading(hub_model, tmp_pat
     monkeypatch.setattr(quantize, "load_float", lambda *a, **k: pytest.fail("weights read before the memory check"))
     with pytest.raises(MemoryError, match=r"--dwq needs about .* GB .* only 0\.2 GB is available: use --checkpoint"):
         quantize.convert(str(hub_model), str(tmp_path / "out"), bits=4, group_size=32, dwq=True)
-    result = CliRunner().invoke(app, ["convert", str(hub_model), str(tmp_path / "out"), "--dwq"])
+    result = runner.invoke(app, ["convert", str(hub_model), str(tmp_path / "out"), "--dwq"])
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: --dwq needs about")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
