@@ -36,7 +36,7 @@ def corpus(n: int, seed: int = 0) -> list[str]:
 
 def throughput(model: Path, n: int, folder: Path) -> dict:
     import mlx_qwen3_embed as mqe
-    from mlx_qwen3_embed.corpus import embed_corpus
+    from mlx_qwen3_embed.corpus.job import embed_corpus
 
     texts = corpus(n)
     (folder / "t.txt").write_text("\n".join(texts))
@@ -73,7 +73,7 @@ def recall(model: Path, docs: int, queries: int, folder: Path) -> list[dict]:
     """Queries are word subsets of documents; each precision's top 10 against float32's top 10."""
     import mlx_qwen3_embed as mqe
     from mlx_qwen3_embed import precision as P
-    from mlx_qwen3_embed.corpus import embed_corpus
+    from mlx_qwen3_embed.corpus.job import embed_corpus
 
     texts = corpus(docs, seed=2)
     (folder / "docs.txt").write_text("\n".join(texts))

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from memory import SHAPES, write_checkpoint  # noqa: E402
 
-from mlx_qwen3_embed.config import ModelArgs  # noqa: E402
-from mlx_qwen3_embed.distill import CALIBRATION, read_calibration  # noqa: E402
-from mlx_qwen3_embed.distill_memory import memory_need  # noqa: E402
+from mlx_qwen3_embed.models.args import ModelArgs  # noqa: E402
+from mlx_qwen3_embed.quant.distill import CALIBRATION, read_calibration  # noqa: E402
+from mlx_qwen3_embed.quant.distill_memory import memory_need  # noqa: E402
 from mlx_qwen3_embed.tokenizer import Tokenizer  # noqa: E402
 
 GB = 1 << 30

@@ -37,8 +37,8 @@ def write_checkpoint(folder: Path, shape: dict, shard_bytes: int = 4 << 30) -> N
 
     from conftest import hub_config, write_sentence_transformers_files, write_tokenizer
 
-    from mlx_qwen3_embed.config import ModelArgs
-    from mlx_qwen3_embed.weights import matrices
+    from mlx_qwen3_embed.models.args import ModelArgs
+    from mlx_qwen3_embed.checkpoint.weights import matrices
 
     folder.mkdir(parents=True, exist_ok=True)
     write_tokenizer(folder)
@@ -84,7 +84,7 @@ def peak():  # VmHWM: this process's own high-water mark (ru_maxrss would includ
     return int(line.split()[1]) * 1024
 start = time.time()
 if sys.argv[1] == "convert":
-    from mlx_qwen3_embed import quantize
+    from mlx_qwen3_embed.quant import quantize
     quantize.convert(sys.argv[2], sys.argv[3], bits=4)
     print(json.dumps({"seconds": time.time() - start, "peak_rss": peak()}))
 else:

@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import mlx_qwen3_embed as mqe  # noqa: E402
 from dwq_fixtures import HELDOUT, make_wide_checkpoint  # noqa: E402
-from mlx_qwen3_embed.config import ModelArgs  # noqa: E402
-from mlx_qwen3_embed.distill import read_calibration  # noqa: E402
+from mlx_qwen3_embed.models.args import ModelArgs  # noqa: E402
+from mlx_qwen3_embed.quant.distill import read_calibration  # noqa: E402
 from mlx_qwen3_embed.models.qwen3 import Qwen3  # noqa: E402
-from mlx_qwen3_embed.quantize import RECIPES, convert  # noqa: E402
+from mlx_qwen3_embed.quant.quantize import RECIPES, convert  # noqa: E402
 
 # The real Qwen3-Embedding-0.6B shape, for bits per weight as a converted 0.6B checkpoint would have them
 QWEN3_06B = ModelArgs(hidden_size=1024, num_hidden_layers=28, intermediate_size=3072, num_attention_heads=16,

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from memory import SHAPES, write_checkpoint  # noqa: E402
 
 import mlx_qwen3_embed as mqe  # noqa: E402
-from mlx_qwen3_embed import quantize  # noqa: E402
+from mlx_qwen3_embed.quant import quantize  # noqa: E402
 from mlx_qwen3_embed.device import MEMORY_ENV  # noqa: E402
 
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' random Qwen3-VL checkpoint
 
 import mlx_qwen3_embed as mqe  # noqa: E402
 from mlx_qwen3_embed.blas import blas  # noqa: E402
-from mlx_qwen3_embed.vl_distill import heldout_items  # noqa: E402
-from mlx_qwen3_embed.vl_quantize import convert_vl  # noqa: E402
+from mlx_qwen3_embed.quant.vl_distill import heldout_items  # noqa: E402
+from mlx_qwen3_embed.quant.vl_quantize import convert_vl  # noqa: E402
 from vl_fixtures import make_vl_checkpoint  # noqa: E402
 
 VARIANTS = {"rtn": {}, "dwq": dict(dwq=True), "dwq+vision": dict(dwq=True, vision_dwq=True)}

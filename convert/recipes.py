@@ -9,7 +9,7 @@ Needs the original weights (downloaded from the hub, or already in the Hugging F
 import argparse
 from pathlib import Path
 
-from mlx_qwen3_embed.quantize import convert
+from mlx_qwen3_embed.quant.quantize import convert
 
 SOURCES = {"0.6B": "Qwen/Qwen3-Embedding-0.6B", "4B": "Qwen/Qwen3-Embedding-4B", "8B": "Qwen/Qwen3-Embedding-8B"}
 

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 import mlx.core as mx
 
 from .blas import blas
-from .config import ModelArgs
+from .models.args import ModelArgs
 from .tokenizer import DEFAULT_INSTRUCTION
 
 # RAG-like passages, generated so that every run and every system reads the same text

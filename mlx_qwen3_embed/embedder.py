@@ -12,11 +12,12 @@ from . import pooling as _pooling
 from . import precision as _precision
 from .batching import padded, run_batches
 from .cache import VectorCache
-from .config import ModelArgs
+from .checks import check_int, check_prompt_name
+from .models.args import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
 from .tokenizer import Tokenizer, apply_prompt, query_prompt, read_prompts
-from .weights import load_model, model_kind, plan_memory, resolve
+from .checkpoint.weights import load_model, model_kind, plan_memory, resolve
 
 Texts = Union[str, Sequence[str]]
 
@@ -38,12 +39,50 @@ class Embedder:
         return self.args.hidden_size
 
     def tokenize(self, texts: Texts, *, instruction: Optional[str] = None, prompt_name: Optional[str] = None,
-                 prompt: Optional[str] = None, max_length: Optional[int] = None,
-                 truncate: bool = True) -> list[list[int]]:
-        """Texts -> token ids as the model reads them: prompt applied, each ending in one <|endoftext|>."""
+                 prompt: Optional[str] = None, max_length: Optional[int] = None, truncate: bool = True,
+                 direction: str = "right") -> list[list[int]]:
+        """Texts -> token ids as the model reads them: prompt applied, each ending in one <|endoftext|>.
+
+        truncate: an over-long text keeps its first ("right") or last ("left") tokens and its <|endoftext|>.
+        """
         texts = _check_texts(texts)
         prefix = self._prompt(instruction, prompt_name, prompt)
-        return self.tokenizer.encode(apply_prompt(texts, prefix), self._max_length(max_length), truncate)
+        return self.tokenizer.encode(apply_prompt(texts, prefix), self._max_length(max_length), truncate, direction)
+
+    prepare_inputs = tokenize  # the contract's name (contracts.EmbeddingModel): a text's prepared form is its ids
+
+    def prepare_ids(self, sequences: Sequence[Sequence[int]], *, max_length: Optional[int] = None,
+                    truncate: bool = True) -> list[list[int]]:
+        """Pre-tokenized input (N lists of ids) -> finished ids: each gets its final <|endoftext|> like text does."""
+        if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Sequence):
+            raise TypeError(f"sequences must be a list of lists of token ids, got {type(sequences).__name__}")
+        vocab = self.args.vocab_size
+        limit = self._max_length(max_length)
+        finished = []
+        for i, ids in enumerate(sequences):
+            if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+                raise TypeError(f"input {i} must be a list of token ids, got {type(ids).__name__}")
+            for t in ids:
+                if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < vocab:
+                    raise ValueError(f"input {i} holds {t!r}, not a token id in 0..{vocab - 1}")
+            finished.append(self.tokenizer.finish(ids, limit, truncate, i))
+        return finished
+
+    def tokens(self, text: str, *, prompt_name: Optional[str] = None, add_special_tokens: bool = True) -> list[dict]:
+        """What the model reads for `text` (TEI's /tokenize): the prompt's and the text's tokens, then, with
+        add_special_tokens, the <|endoftext|> it pools; start/stop index the prompted text."""
+        text = (check_prompt_name(prompt_name, self.prompts) if prompt_name is not None else "") + text
+        tokens = [{"id": i, "text": text[start:stop], "special": False, "start": start, "stop": stop}
+                  for i, start, stop in self.tokenizer.pieces(text)]
+        if add_special_tokens:
+            eos = self.tokenizer.eos_id
+            tokens.append({"id": eos, "text": self.tokenizer.decode([eos]), "special": True, "start": None,
+                           "stop": None})
+        return tokens
+
+    def describe(self) -> dict:
+        """The contract's summary: family, decoder layers, quantization of the checkpoint."""
+        return {"family": "qwen3", "layers": self.args.num_hidden_layers, "quantization": self.args.quantization}
 
     def embed(self, texts: Texts, *, instruction: Optional[str] = None, prompt_name: Optional[str] = None,
               prompt: Optional[str] = None, dim: Optional[int] = None, normalize: bool = True,
@@ -59,31 +98,26 @@ class Embedder:
         semantics, see precision.py); int8/uint8 bucket each dimension within `ranges` ((2, dim)), else within
         these vectors' own ranges.
         """
-        _precision.check(precision)
         sequences = self.tokenize(texts, instruction=instruction, prompt_name=prompt_name, prompt=prompt,
                                   max_length=max_length, truncate=truncate)
-        vectors = self._embed_sequences(sequences, dim, normalize, pooling, batch_tokens)
-        if precision != "float32":
-            vectors = _precision.quantize(vectors, precision, ranges)
+        vectors = self.embed_prepared(sequences, dim=dim, normalize=normalize, pooling=pooling,
+                                      batch_tokens=batch_tokens, precision=precision, ranges=ranges)
         return vectors[0] if isinstance(texts, str) else vectors
 
     def embed_ids(self, sequences: Sequence[Sequence[int]], *, dim: Optional[int] = None, normalize: bool = True,
                   pooling: Optional[str] = None, batch_tokens: Optional[int] = None,
                   max_length: Optional[int] = None, truncate: bool = True) -> np.ndarray:
         """Pre-tokenized input (N lists of ids) -> (N, dim); each gets its final <|endoftext|> like text does."""
-        if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Sequence):
-            raise TypeError(f"sequences must be a list of lists of token ids, got {type(sequences).__name__}")
-        vocab = self.args.vocab_size
-        limit = self._max_length(max_length)
-        finished = []
-        for i, ids in enumerate(sequences):
-            if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
-                raise TypeError(f"input {i} must be a list of token ids, got {type(ids).__name__}")
-            for t in ids:
-                if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < vocab:
-                    raise ValueError(f"input {i} holds {t!r}, not a token id in 0..{vocab - 1}")
-            finished.append(self.tokenizer.finish(ids, limit, truncate, i))
+        finished = self.prepare_ids(sequences, max_length=max_length, truncate=truncate)
         return self._embed_sequences(finished, dim, normalize, pooling, batch_tokens)
+
+    def embed_prepared(self, prepared: list[list[int]], *, dim: Optional[int] = None, normalize: bool = True,
+                       pooling: Optional[str] = None, batch_tokens: Optional[int] = None,
+                       precision: str = "float32", ranges: Optional[np.ndarray] = None) -> np.ndarray:
+        """Finished ids (from `tokenize` / `prepare_ids`) -> (N, dim) float32, or `precision` rows."""
+        _precision.check(precision)
+        vectors = self._embed_sequences(prepared, dim, normalize, pooling, batch_tokens)
+        return vectors if precision == "float32" else _precision.quantize(vectors, precision, ranges)
 
     def embed_query(self, texts: Texts, instruction: Optional[str] = None, **kwargs) -> np.ndarray:
         """Queries carry an instruction: the given one, else the checkpoint's "query" prompt."""
@@ -149,17 +183,13 @@ class Embedder:
         if instruction is not None:
             return query_prompt(instruction)
         if prompt_name is not None:
-            if prompt_name not in self.prompts:
-                raise ValueError(f"unknown prompt_name {prompt_name!r}: this model has {', '.join(sorted(self.prompts))}")
-            return self.prompts[prompt_name]
+            return check_prompt_name(prompt_name, self.prompts)
         return prompt or ""
 
     def _max_length(self, max_length: Optional[int]) -> int:
         if max_length is None:
             return self.max_length
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length must be an int of at least 2 (text + <|endoftext|>), got {max_length!r}")
-        return max_length
+        return check_int("max_length", max_length, 2, note=" (text + <|endoftext|>)")
 
 
 def _check_texts(texts: Texts) -> list[str]:
@@ -200,11 +230,11 @@ def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = Non
     _pooling.check(pooling)
     cache = VectorCache(cache_size) if cache_size else None
     folder = resolve(model, revision)
-    from .vl_loading import model_type
+    from .checkpoint.vl_weights import model_type
     if model_type(folder) == "qwen3_vl":
         if cache_size:
             raise ValueError("cache_size is for Qwen3 text models; Qwen3-VL items are not cached")
-        from .vl_embedder import load_vl
+        from .vision.embedder import load_vl
         return load_vl(folder, name=str(model), device=device, dtype=dtype, dequantize=dequantize,
                        batch_tokens=batch_tokens, max_length=max_length, pooling=pooling, layer=layer)
     if layer is not None:

@@ -8,11 +8,11 @@ import mlx.core as mx
 import numpy as np
 
 from .batching import padded, run_batches
-from .config import ModelArgs
+from .models.args import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
 from .tokenizer import DEFAULT_INSTRUCTION, Tokenizer
-from .weights import load_model, model_kind, read_head_rows, resolve
+from .checkpoint.weights import load_model, model_kind, read_head_rows, resolve
 
 # The model card's chat template around each pair; the suffix's empty think block is part of what it was trained on
 PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "

@@ -53,10 +53,12 @@ class Tokenizer:
         longest = max(len(token) for token in self._tokenizer.get_vocab(with_added_tokens=True))
         self.chars_per_token = longest * (NFC_COMPOSE if self._tokenizer.normalizer is not None else 1)
 
-    def encode(self, texts: list[str], max_length: int, truncate: bool = True) -> list[list[int]]:
+    def encode(self, texts: list[str], max_length: int, truncate: bool = True,
+               direction: str = "right") -> list[list[int]]:
         """Each text -> ids ending in one <|endoftext|>, at most `max_length` of them.
 
-        Over-long texts keep their first max_length-1 tokens and the final <|endoftext|> (the pooled token);
+        Over-long texts keep their first max_length-1 tokens (direction "left": their last) and the final
+        <|endoftext|> (the pooled token);
         with truncate=False they raise ValueError naming the input's index and token count instead.
         Tokenizing work per text is bounded: a text surely over max_length (by its characters) is refused before
         tokenizing, and with truncation only its first 2 x max_length x chars_per_token characters are read (the
@@ -73,11 +75,14 @@ class Tokenizer:
                 raise ValueError(f"input {i} has {len(text)} characters: at least {least} "
                                  f"tokens, more than max_length {max_length}: shorten it, raise max_length, or allow "
                                  "truncation")
-        texts = [t[: 2 * bound] for t in texts]
+        if direction not in ("right", "left"):
+            raise ValueError(f"truncation direction must be right or left, got {direction!r}")
+        texts = [t[: 2 * bound] if direction == "right" else t[-2 * bound:] for t in texts]
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
-        return [self.finish(e.ids, max_length, truncate, i) for i, e in enumerate(encodings)]
+        return [self.finish(e.ids, max_length, truncate, i, direction) for i, e in enumerate(encodings)]
 
-    def finish(self, ids: list[int], max_length: int, truncate: bool = True, index: int = 0) -> list[int]:
+    def finish(self, ids: list[int], max_length: int, truncate: bool = True, index: int = 0,
+               direction: str = "right") -> list[int]:
         """End `ids` in exactly one <|endoftext|> and fit them into `max_length` (see `encode`)."""
         ids = list(ids)
         while ids and ids[-1] == self.eos_id:  # a text that itself ends in the token
@@ -86,7 +91,7 @@ class Tokenizer:
             if not truncate:
                 raise ValueError(f"input {index} has {len(ids) + 1} tokens, more than max_length {max_length}: "
                                  "shorten it, raise max_length, or allow truncation")
-            ids = ids[: max_length - 1]
+            ids = ids[: max_length - 1] if direction == "right" else ids[len(ids) - max_length + 1:]
         return ids + [self.eos_id]
 
     def pieces(self, text: str) -> list[tuple[int, int, int]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import CORPUS, SPECIAL, hub_config, random_weights, save_safetensors, write_sentence_transformers_files
 
-from mlx_qwen3_embed.distill import CALIBRATION, read_calibration
+from mlx_qwen3_embed.quant.distill import CALIBRATION, read_calibration
 
 HELDOUT = CALIBRATION.parent / "heldout.jsonl"
 VOCAB = 4000

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed import bench, blas
 from mlx_qwen3_embed.cli import app
-from mlx_qwen3_embed.config import ModelArgs
+from mlx_qwen3_embed.models.args import ModelArgs
 from mlx_qwen3_embed.device import plan
 
 import conftest

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed import quantize
+from mlx_qwen3_embed.quant import quantize
 from mlx_qwen3_embed.cli import app
 from mlx_qwen3_embed.device import plan
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed import precision as P
 from mlx_qwen3_embed.cli import app
-from mlx_qwen3_embed.corpus import embed_corpus
+from mlx_qwen3_embed.corpus.job import embed_corpus
 
 SCRIPT = str(Path(sys.executable).parent / "mlx-embed")
 TEXTS = [f"passage {i} on " + " ".join(["retrieval", "vectors", "MLX", "Qwen"][: i % 4 + 1]) * (i % 5 + 1)

@@ -15,10 +15,10 @@ import pytest
 
 import mlx_qwen3_embed as mqe
 from test_distributed import launch
-from mlx_qwen3_embed import corpus
+from mlx_qwen3_embed.corpus import job as corpus
 from mlx_qwen3_embed import precision as P
-from mlx_qwen3_embed.corpus import embed_corpus
-from mlx_qwen3_embed.corpus_dedup import Seen, digests
+from mlx_qwen3_embed.corpus.job import embed_corpus
+from mlx_qwen3_embed.corpus.dedup import Seen, digests
 
 SCRIPT = str(Path(sys.executable).parent / "mlx-embed")
 DISTINCT = [f"doc {i}: " + " ".join(["dedup", "window", "resume", "vector"][: i % 4 + 1]) * (i % 3 + 1)

@@ -10,8 +10,8 @@ from conftest import CORPUS
 from mlx.utils import tree_flatten
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed.distill import CALIBRATION, distill, read_calibration, split_holdout
-from mlx_qwen3_embed.quantize import load_float, quantize, save
+from mlx_qwen3_embed.quant.distill import CALIBRATION, distill, read_calibration, split_holdout
+from mlx_qwen3_embed.quant.quantize import load_float, quantize, save
 from mlx_qwen3_embed.tokenizer import DEFAULT_INSTRUCTION, Tokenizer, query_prompt
 
 GROUP_SIZE = 32  # the tiny model's rows hold 64-128 inputs: two or more groups each
@@ -198,8 +198,8 @@ def test_dwq_memory_bound_shrinks_with_checkpoint_and_grows_with_the_model():
     """The converter's plan (distill_memory.memory_need): --checkpoint keeps one block's activations and float
     weights instead of every layer's; a deeper model and a larger batch need more."""
     from conftest import QWEN3_06B
-    from mlx_qwen3_embed.config import ModelArgs
-    from mlx_qwen3_embed.distill_memory import memory_need
+    from mlx_qwen3_embed.models.args import ModelArgs
+    from mlx_qwen3_embed.quant.distill_memory import memory_need
 
     shape = {k: v for k, v in QWEN3_06B.items() if k != "num_hidden_layers"} | {"vocab_size": 151669}
     plain = memory_need(ModelArgs(**shape, num_hidden_layers=28))
@@ -215,7 +215,7 @@ def test_dwq_memory_bound_shrinks_with_checkpoint_and_grows_with_the_model():
 def test_dwq_too_big_for_the_memory_is_refused_before_loading(hub_model, tmp_path, monkeypatch, runner):
     """MLX_QWEN3_EMBED_MEMORY stands for a small machine: --dwq is refused with the figures and the ways out,
     before any weight is read, and nothing is written."""
-    from mlx_qwen3_embed import quantize
+    from mlx_qwen3_embed.quant import quantize
     from mlx_qwen3_embed.cli import app
 
     monkeypatch.setenv("MLX_QWEN3_EMBED_MEMORY", "200MB")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed.corpus import embed_corpus
+from mlx_qwen3_embed.corpus.job import embed_corpus
 
 BIN = Path(sys.executable).parent
 LAUNCH, SCRIPT = str(BIN / "mlx.launch"), str(BIN / "mlx-embed")

@@ -13,8 +13,8 @@ from dwq_fixtures import HELDOUT, make_wide_checkpoint
 from test_distill import assert_covers_every_kind
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed.distill import read_calibration
-from mlx_qwen3_embed.quantize import convert
+from mlx_qwen3_embed.quant.distill import read_calibration
+from mlx_qwen3_embed.quant.quantize import convert
 
 
 @pytest.fixture(scope="module")

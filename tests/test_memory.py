@@ -10,12 +10,12 @@ from typer.testing import CliRunner
 
 import mlx_qwen3_embed as mqe
 from conftest import make_hub_checkpoint, make_mlx_checkpoint
-from mlx_qwen3_embed import weights
+from mlx_qwen3_embed.checkpoint import weights
 from mlx_qwen3_embed.cli import app
 from mlx_qwen3_embed.device import GB, MEMORY_ENV, fit_memory, parse_bytes, plan
 from mlx_qwen3_embed.models.upcast import UpcastEmbedding, UpcastLinear
-from mlx_qwen3_embed.quantize import read_header
-from mlx_qwen3_embed.weights import memory_need, read_config
+from mlx_qwen3_embed.quant.quantize import read_header
+from mlx_qwen3_embed.checkpoint.weights import memory_need, read_config
 
 
 def lean_budget(folder) -> int:
@@ -139,7 +139,7 @@ def test_converter_streams_tensor_by_tensor(tmp_path):
     size = sum(f.stat().st_size for f in src.glob("*.safetensors"))  # ~330 MB of fp32; largest tensor 8 MB
     script = f"""
 import resource
-from mlx_qwen3_embed import quantize
+from mlx_qwen3_embed.quant import quantize
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 quantize.convert({str(src)!r}, {str(tmp_path / "out")!r}, bits=4)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
@@ -153,7 +153,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 def test_token_table_quantized_a_block_of_rows_at_a_time_equals_mlx_lm(hub_model, tmp_path, monkeypatch):
     """The converter quantizes big matrices in blocks of rows (bounded temporaries); groups run along a row, so
     every tensor it writes is bit-identical to mlx-lm's whole-tensor conversion."""
-    from mlx_qwen3_embed import quantize, stream
+    from mlx_qwen3_embed.quant import quantize, stream
 
     monkeypatch.setattr(stream, "CHUNK_ELEMENTS", 7 * 64)  # blocks of 7 rows, the last one shorter
     quantize.convert(str(hub_model), str(tmp_path / "ours"), bits=4, group_size=64)

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed import quantize
+from mlx_qwen3_embed.quant import quantize
 from mlx_qwen3_embed.cli import app
-from mlx_qwen3_embed.weights import model_kind, tensor_names
+from mlx_qwen3_embed.checkpoint.weights import model_kind, tensor_names
 from rerank_checkpoints import DOCUMENTS, QUERIES
 
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import TEXTS, make_hub_checkpoint, make_mlx_checkpoint
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed import quantize
+from mlx_qwen3_embed.quant import quantize
 
 
 def mlx_lm_vectors(folder: Path, embedder) -> np.ndarray:
@@ -180,7 +180,7 @@ def test_killed_conversion_leaves_nothing_at_dst(hub_model, tmp_path):
     script = f"""
 import time
 from pathlib import Path
-from mlx_qwen3_embed import quantize
+from mlx_qwen3_embed.quant import quantize
 real = quantize.copy_extra_files
 def slow(*args):
     real(*args)

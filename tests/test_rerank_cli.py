@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed import quantize
+from mlx_qwen3_embed.quant import quantize
 from mlx_qwen3_embed.cli import app
-from mlx_qwen3_embed.weights import model_kind
+from mlx_qwen3_embed.checkpoint.weights import model_kind
 from rerank_checkpoints import DOCUMENTS, QUERIES
 from test_reranker import assert_spread, mlx_lm_scores
 

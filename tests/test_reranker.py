@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed.weights import model_kind
+from mlx_qwen3_embed.checkpoint.weights import model_kind
 from rerank_checkpoints import DOCUMENTS, QUERIES
 
 # The model card's template, written out here rather than imported, so the test checks ours too

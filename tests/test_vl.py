@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed import images
-from mlx_qwen3_embed.vl_embedder import VLEmbedder, format_instruction
+from mlx_qwen3_embed.vision import images
+from mlx_qwen3_embed.vision.embedder import VLEmbedder, format_instruction
 from vl_fixtures import vl_instruct_model, vl_model, vl_reference  # noqa: F401  (session fixtures)
 
 COSINE = 0.99999

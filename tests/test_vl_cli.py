@@ -98,7 +98,7 @@ def test_mlx_vlm_layout_loads(vl_model, tmp_path, files):
     Conv3d in MLX's layout) and its per-module overrides load to the same vectors as the hub layout."""
     import mlx.core as mx
 
-    from mlx_qwen3_embed.vl_quantize import convert_vl
+    from mlx_qwen3_embed.quant.vl_quantize import convert_vl
 
     hub = tmp_path / "hub"
     convert_vl(str(vl_model), str(hub), bits=4, group_size=32, vision_bits=8, dtype="float32")

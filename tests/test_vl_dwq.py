@@ -13,9 +13,9 @@ import pytest
 
 import mlx_qwen3_embed as mqe
 from mlx_qwen3_embed.cli import app
-from mlx_qwen3_embed.distill import CALIBRATION
-from mlx_qwen3_embed.vl_distill import calibration_items, heldout_items, synthetic_images
-from mlx_qwen3_embed.vl_quantize import convert_vl
+from mlx_qwen3_embed.quant.distill import CALIBRATION
+from mlx_qwen3_embed.quant.vl_distill import calibration_items, heldout_items, synthetic_images
+from mlx_qwen3_embed.quant.vl_quantize import convert_vl
 from vl_fixtures import vl_instruct_model, vl_model  # noqa: F401  (session fixtures)
 
 SCRIPT = str(Path(sys.executable).parent / "mlx-embed")

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import mlx_qwen3_embed as mqe
-from mlx_qwen3_embed import images, remote, video
+from mlx_qwen3_embed.vision import images, remote, video
 from mlx_qwen3_embed.serve.app import create_app
 from vl_fixtures import vl_model, vl_reference  # noqa: F401  (session fixtures)
 

@@ -109,7 +109,7 @@ class Reference:
         from transformers import AutoTokenizer, Qwen3VLModel
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        from mlx_qwen3_embed import images
+        from mlx_qwen3_embed.vision import images
 
         self.model = Qwen3VLModel.from_pretrained(str(folder), dtype="float32").eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .device import DevicePlan
-from .models.qwen3_vl import Qwen3VL, VLArgs
+from ..device import DevicePlan
+from ..models.qwen3_vl import Qwen3VL, VLArgs
 from .weights import load_weights, read_tensors
 
 

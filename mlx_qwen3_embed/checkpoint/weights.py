@@ -9,10 +9,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .config import ModelArgs
-from .device import GB, DevicePlan, fit_memory
-from .models.qwen3 import Qwen3
-from .models.upcast import upcast_layers
+from ..models.args import ModelArgs
+from ..device import GB, DevicePlan, fit_memory
+from ..models.qwen3 import Qwen3
+from ..models.upcast import upcast_layers
 
 # What a model folder needs; the hub repos also hold ONNX/GGUF copies we must not download.
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "tokenizer.model", "1_Pooling/*"]

@@ -1,10 +1,9 @@
-"""The `mlx-embed` command: thin Typer commands over the library.
+"""The `mlx-embed` command: the Typer app; each command is a function in a module of its own, registered here.
 
-Errors the library raises for bad input (built-in exceptions) become one line on stderr and exit code 1;
-set MLX_EMBED_DEBUG=1 to see the traceback instead.
+Errors the library raises for bad input (built-in exceptions) become one line on stderr and exit code 1
+(options.friendly_errors); set MLX_EMBED_DEBUG=1 to see the traceback instead.
 """
 
-import functools
 import os
 import sys
 import warnings
@@ -12,32 +11,10 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Qwen3-Embedding vectors in MLX: embed, rerank, convert, info, serve, bench.",
+from . import bench, convert, embed, info, rerank, serve, verify
+
+app = typer.Typer(help="Qwen3-Embedding vectors in MLX: embed, rerank, serve, convert, info, verify, bench.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-DEFAULT_MODEL = "mlx-community/Qwen3-Embedding-0.6B-4bit-DWQ"
-MODEL_ENV = "MLX_EMBED_MODEL"
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
-               MemoryError, NotADirectoryError, UnicodeDecodeError, KeyError, OSError)
-
-
-def default_model() -> str:
-    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-
-
-def friendly_errors(command):
-    """Turn the library's exceptions into one line on stderr and exit code 1 (traceback with MLX_EMBED_DEBUG)."""
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except USER_ERRORS as e:
-            if os.environ.get("MLX_EMBED_DEBUG"):
-                raise
-            message = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
-            typer.echo(f"error: {message}", err=True)
-            raise typer.Exit(1)
-    return wrapper
 
 
 @app.callback()
@@ -55,10 +32,5 @@ def main():
             os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
-MODEL_HELP = "Hub id or folder (default: $MLX_EMBED_MODEL, else mlx-community/Qwen3-Embedding-0.6B-4bit-DWQ)."
-DEVICE_HELP = "cpu or gpu (default: MLX's default device)."
-DTYPE_HELP = "float32, bfloat16 or float16 (default per device)."
-
-
-# each command lives in a module of its own; importing it registers it on `app`
-from . import bench, convert, embed, info, rerank, serve, verify  # noqa: E402,F401
+for command in (embed.embed, rerank.rerank, serve.serve, convert.convert, info.info, verify.verify, bench.bench):
+    app.command()(command)

@@ -4,11 +4,10 @@ import json
 
 import typer
 
-from . import DEVICE_HELP, DTYPE_HELP, MODEL_HELP, app, default_model, friendly_errors
+from .options import DEVICE_HELP, DTYPE_HELP, MODEL_HELP, default_model, friendly_errors
 from .inputs import read_texts
 
 
-@app.command()
 @friendly_errors
 def bench(
     model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),

@@ -2,10 +2,9 @@
 
 import typer
 
-from . import app, friendly_errors
+from .options import friendly_errors
 
 
-@app.command()
 @friendly_errors
 def convert(
     src: str = typer.Argument(..., help="Original float weights: a hub id (Qwen/Qwen3-Embedding-0.6B) or a folder."),
@@ -31,8 +30,8 @@ def convert(
     vision_bits: int = typer.Option(8, help="Qwen3-VL: bits of the vision tower (0: keep it float)."),
 ):
     """Quantize original Qwen3-Embedding (or Qwen3-VL) weights into a folder that this package loads."""
-    from .. import quantize
-    from .vl_items import is_vl
+    from ..quant import quantize
+    from .items import is_vl
 
     def progress(step: int, loss: float):
         if step % 10 == 0 or step == steps:
@@ -41,7 +40,7 @@ def convert(
     if is_vl(src):  # Qwen3-VL (vl_quantize.py; --dwq: vl_distill.py, texts and synthetic images)
         if recipe is not None:
             raise ValueError("--recipe is for Qwen3 text models; Qwen3-VL takes --bits and --vision-bits")
-        from ..vl_quantize import convert_vl
+        from ..quant.vl_quantize import convert_vl
 
         result = convert_vl(src, dst, bits=bits, group_size=group_size, vision_bits=vision_bits or None, dtype=dtype,
                             dwq=dwq, calibration=calibration, steps=steps, lr=lr, batch_tokens=batch_tokens,

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import typer
 
-from . import DEVICE_HELP, DTYPE_HELP, MODEL_HELP, app, default_model, friendly_errors
+from .options import DEVICE_HELP, DTYPE_HELP, MODEL_HELP, default_model, friendly_errors
 from .inputs import read_texts
 
 PROGRESS_CHUNK = 256  # texts per call when a progress bar is shown; vectors do not depend on the chunking
 
 
-@app.command()
 @friendly_errors
 def embed(
     texts: list[str] | None = typer.Argument(None, help="Texts to embed; '-' (or none, with a pipe) reads stdin."),
@@ -67,7 +66,7 @@ def embed(
     """
 
     from .. import load
-    from .vl_items import embed_items, fetch_remote_images, is_vl, read_items
+    from .items import embed_items, fetch_remote_images, is_vl, read_items
 
     if image or text is not None or layer is not None or is_vl(model or default_model()):
         if prompt_name is not None or prompt is not None:
@@ -166,8 +165,8 @@ def corpus_job(model, file, output, format, instruction, prompt_name, prompt, di
                batch_tokens, pooling, device, dtype, text_field, id_field, precision, overwrite, progress) -> None:
     """`--file F --output O`: corpus.embed_corpus, with a progress line on stderr (rank 0 only)."""
     from .. import load
-    from ..corpus import embed_corpus
-    from ..corpus_io import output_format as job_format
+    from ..corpus.job import embed_corpus
+    from ..corpus.files import output_format as job_format
 
     if format is not None and format != job_format(output):
         raise ValueError(f"--format {format} does not match --output {output}: the suffix chooses the format")

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import typer
 
-from . import MODEL_HELP, app, default_model, friendly_errors
+from .options import MODEL_HELP, default_model, friendly_errors
 
 
-@app.command()
 @friendly_errors
 def info(
     model: str | None = typer.Argument(None, help=MODEL_HELP),
@@ -20,8 +19,8 @@ def info(
     from ..blas import blas
     from ..device import plan
     from ..embedder import _default_max_length
-    from ..quantize import hub_summary, summary
-    from ..weights import has_weights, model_kind, read_config, resolve
+    from ..quant.quantize import hub_summary, summary
+    from ..checkpoint.weights import has_weights, model_kind, read_config, resolve
 
     name = model or default_model()
     folder = resolve(name, weights=False)  # a hub model's weights are not downloaded just to describe them

@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Optional
 
 from ..textio import json_lines
-from ..vl_embedder import ITEM_KEYS
+from ..vision.embedder import ITEM_KEYS
 
 CHUNK = 64  # items per call when a progress bar is shown; vectors do not depend on the chunking
 
 
 def is_vl(model: str) -> bool:
     """Whether `model` (folder or hub id) is a Qwen3-VL checkpoint."""
-    from ..vl_loading import model_type
-    from ..weights import resolve
+    from ..checkpoint.vl_weights import model_type
+    from ..checkpoint.weights import resolve
 
     return model_type(resolve(model, weights=False)) == "qwen3_vl"
 
@@ -37,7 +37,7 @@ def read_items(texts: list[str], file: Optional[str], images: list[str], caption
 def fetch_remote_images(items: list, allow: bool) -> None:
     """Download the items' http(s) image URLs into the image cache (remote.py) when `allow`; without it a URL
     not already there is an error naming --allow-remote-images. The library then reads them from the cache."""
-    from .. import remote
+    from ..vision import remote
 
     for item in items:
         sources = item.get("image") if isinstance(item, dict) else None

@@ -5,7 +5,7 @@ import os
 
 import typer
 
-from . import DEVICE_HELP, DTYPE_HELP, app, friendly_errors
+from .options import DEVICE_HELP, DTYPE_HELP, friendly_errors
 from .inputs import read_texts
 
 DEFAULT_RERANKER = "mlx-community/Qwen3-Reranker-0.6B-4bit"
@@ -16,7 +16,6 @@ def default_reranker() -> str:
     return os.environ.get(RERANKER_ENV) or DEFAULT_RERANKER
 
 
-@app.command()
 @friendly_errors
 def rerank(
     query: str = typer.Argument(..., help="The query the documents are ranked for."),

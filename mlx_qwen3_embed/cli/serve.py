@@ -2,10 +2,9 @@
 
 import typer
 
-from . import DEVICE_HELP, DTYPE_HELP, MODEL_HELP, app, default_model, friendly_errors
+from .options import DEVICE_HELP, DTYPE_HELP, MODEL_HELP, default_model, friendly_errors
 
 
-@app.command()
 @friendly_errors
 def serve(
     model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Not loaded when only --reranker "

@@ -4,10 +4,9 @@ import json
 
 import typer
 
-from . import DEVICE_HELP, DTYPE_HELP, app, friendly_errors
+from .options import DEVICE_HELP, DTYPE_HELP, friendly_errors
 
 
-@app.command()
 @friendly_errors
 def verify(
     model: str = typer.Argument(..., help="Hub id or folder of a Qwen3-Embedding 0.6B, 4B or 8B checkpoint."),

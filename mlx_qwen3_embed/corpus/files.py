@@ -11,7 +11,7 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 
-from .textio import jsonl_records
+from ..textio import jsonl_records
 
 INPUT_FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 OUTPUT_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}

@@ -17,11 +17,11 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-from . import pooling as _pooling
-from . import precision as _precision
-from .corpus_dedup import Seen, digests
-from .corpus_io import Source, output_format, save_atomic, sidecars, write_output
-from .embedder import Embedder
+from .. import pooling as _pooling
+from .. import precision as _precision
+from .dedup import Seen, digests
+from .files import Source, output_format, save_atomic, sidecars, write_output
+from ..embedder import Embedder
 
 WINDOW_SECONDS = 10.0  # a window's target duration: a kill loses at most about this much work
 FIRST_WINDOW = 256     # texts in the first window; it also fixes the int8/uint8 ranges, so not too few
@@ -225,7 +225,7 @@ class Job:
         shutil.rmtree(self.folder)
 
     def _write_state(self) -> None:
-        from .corpus_io import _atomic
+        from .files import _atomic
 
         _atomic(self.state_path, lambda f: f.write(json.dumps(self.state, indent=1).encode()))
 

@@ -7,7 +7,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..config import ModelArgs
+from .args import ModelArgs
 
 
 PACK_MIN_PADDING = 0.05  # pack a batch's tokens when over this fraction of its padded positions are padding

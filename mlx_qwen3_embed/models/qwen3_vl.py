@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..config import ModelArgs
+from .args import ModelArgs
 from .qwen3 import Attention, Block, Kernels, Qwen3, Rows
 
 

@@ -30,16 +30,16 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_unflatten
 
-from .batching import pad_right, plan_batches
-from .device import plan
-from .models.qwen3 import Qwen3
-from .pooling import normalize, pool
-from .textio import jsonl_records
-from .tokenizer import DEFAULT_INSTRUCTION, Tokenizer, query_prompt
+from ..batching import pad_right, plan_batches
+from ..device import plan
+from ..models.qwen3 import Qwen3
+from ..pooling import normalize, pool
+from ..textio import jsonl_records
+from ..tokenizer import DEFAULT_INSTRUCTION, Tokenizer, query_prompt
 
 KINDS = ("query", "document")
 # The calibration set shipped inside the package (data/calibration/), used when no file is given
-CALIBRATION = Path(__file__).resolve().parent / "data" / "calibration" / "calibration.jsonl"
+CALIBRATION = Path(__file__).resolve().parent.parent / "data" / "calibration" / "calibration.jsonl"
 
 
 @dataclass

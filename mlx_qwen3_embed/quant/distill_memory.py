@@ -11,10 +11,10 @@ from typing import Callable, Optional, Union
 
 import mlx.core as mx
 
-from .config import ModelArgs
-from .device import GB, MEMORY_ENV, available_memory, plan
-from .tokenizer import Tokenizer
-from .weights import ITEMSIZE, matrices, read_config
+from ..models.args import ModelArgs
+from ..device import GB, MEMORY_ENV, available_memory, plan
+from ..tokenizer import Tokenizer
+from ..checkpoint.weights import ITEMSIZE, matrices, read_config
 
 
 def memory_need(args: ModelArgs, *, bits: Union[int, Callable[[str, int], int]] = 4, group_size: int = 64,

@@ -20,14 +20,14 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map, tree_unflatten
 
-from .device import DTYPES, plan
+from ..device import DTYPES, plan
 from .distill import distill, read_calibration
 from .distill_memory import plan_dwq_memory
-from .config import ModelArgs
-from .models.qwen3 import Qwen3
+from ..models.args import ModelArgs
+from ..models.qwen3 import Qwen3
 from .stream import write_streamed
-from .tokenizer import EOS, Tokenizer
-from .weights import HUB_FILES, KIND_KEY, check, model_kind, read_config, read_tensors, resolve, safetensors_files
+from ..tokenizer import EOS, Tokenizer
+from ..checkpoint.weights import HUB_FILES, KIND_KEY, check, model_kind, read_config, read_tensors, resolve, safetensors_files
 
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -327,7 +327,7 @@ def append_eos(path: Path) -> bool:
 
 def write_sentence_transformers_files(folder: Path, hidden_size: int) -> None:
     """The model card's sentence-transformers setup, for sources (fine-tunes) that lack it: last-token pooling."""
-    from .tokenizer import DEFAULT_INSTRUCTION, query_prompt
+    from ..tokenizer import DEFAULT_INSTRUCTION, query_prompt
 
     (folder / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

@@ -22,11 +22,11 @@ import mlx.core as mx
 from mlx.utils import tree_map
 from PIL import Image, ImageDraw, ImageFont
 
-from .batching import plan_batches
+from ..batching import plan_batches
 from .distill import CALIBRATION, DistillReport, calibration_records, check_tuning, split_holdout, tune
-from .models.qwen3_vl import MRows, Qwen3VL
-from .tokenizer import DEFAULT_INSTRUCTION
-from .vl_embedder import VLEmbedder
+from ..models.qwen3_vl import MRows, Qwen3VL
+from ..tokenizer import DEFAULT_INSTRUCTION
+from ..vision.embedder import VLEmbedder
 
 HELDOUT = CALIBRATION.parent / "heldout.jsonl"
 IMAGE_INSTRUCTION = "Find the image that matches the description"

@@ -18,13 +18,13 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .device import DTYPES, plan
-from .models.qwen3_vl import Qwen3VL, VLArgs
+from ..device import DTYPES, plan
+from ..models.qwen3_vl import Qwen3VL, VLArgs
 from .quantize import BITS, _partial_prefix, check_settings, refuse_existing, remove_stale_partials
 from .vl_distill import calibration_items, distill_vl
-from .vl_embedder import VLEmbedder
-from .vl_loading import clean_keys
-from .weights import check, read_tensors, resolve
+from ..vision.embedder import VLEmbedder
+from ..checkpoint.vl_weights import clean_keys
+from ..checkpoint.weights import check, read_tensors, resolve
 
 EXTRA_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                "added_tokens.json", "chat_template.json", "chat_template.jinja", "preprocessor_config.json",

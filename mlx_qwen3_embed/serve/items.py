@@ -10,7 +10,7 @@ import base64
 import binascii
 from typing import Any
 
-from .. import remote
+from ..vision import remote
 from .errors import ApiError
 
 ALLOW_FLAG = "--allow-remote-images"

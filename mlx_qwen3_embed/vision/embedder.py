@@ -15,14 +15,16 @@ from typing import Any, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
+from .. import precision as _precision
+from ..checks import check_int, check_prompt_name
 from . import images as _images
-from . import pooling as _pooling
+from .. import pooling as _pooling
 from . import video as _video
-from .batching import run_batches
-from .device import DevicePlan, check_batch_tokens, plan
-from .models.qwen3_vl import MRows, Qwen3VL, VLArgs
-from .tokenizer import read_tokenizer
-from .vl_loading import load_vl_model
+from ..batching import run_batches
+from ..device import DevicePlan, check_batch_tokens, plan
+from ..models.qwen3_vl import MRows, Qwen3VL, VLArgs
+from ..tokenizer import read_tokenizer
+from ..checkpoint.vl_weights import load_vl_model
 
 DEFAULT_VL_INSTRUCTION = "Represent the user's input."
 MAX_LENGTH = 8192  # the recipe's
@@ -64,6 +66,8 @@ class VLEmbedder:
         self.pad_id = self._tokenizer.token_to_id(PAD)
         if self.pad_id is None:
             raise ValueError(f"{folder / 'tokenizer.json'} has no {PAD} token: not a Qwen3-VL tokenizer")
+        self.prompts: dict[str, str] = {}  # the recipe's prompt is the instruction (a system turn), not a prefix
+        self.cache = None  # items carry pixels: no vector cache
 
     @property
     def dim(self) -> int:
@@ -71,40 +75,82 @@ class VLEmbedder:
         return self.args.text.hidden_size
 
     def embed(self, items: Any, *, instruction: Optional[str] = None, dim: Optional[int] = None,
-              normalize: bool = True, batch_tokens: Optional[int] = None) -> np.ndarray:
+              normalize: bool = True, batch_tokens: Optional[int] = None, precision: str = "float32",
+              ranges: Optional[np.ndarray] = None) -> np.ndarray:
         """Items -> float32 vectors: one item gives (dim,), a list of N items gives (N, dim).
 
         An item is a str (text) or a dict with "text", "image" (a path, data URL, http(s) URL already in the
         image cache, bytes, PIL image or uint8 (H, W, 3) array, or a list of them), "video" (a video file's path,
         or a list of frames, each as an image) and an optional "instruction" (default: the `instruction`
         argument, else "Represent the user's input.").
-        dim: Matryoshka size (first `dim` values, then normalised).
+        dim: Matryoshka size (first `dim` values, then normalised). precision, ranges: as Embedder.embed.
         """
         single = isinstance(items, (str, dict))
-        batch = [items] if single else _check_items(items)
-        if instruction is not None and not isinstance(instruction, str):
-            raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
-        prepared = [self.prepare(item, i, instruction) for i, item in enumerate(batch)]
-        vectors = self.embed_prepared(prepared, dim=dim, normalize=normalize, batch_tokens=batch_tokens)
+        prepared = self.prepare_inputs([items] if single else items, instruction=instruction)
+        vectors = self.embed_prepared(prepared, dim=dim, normalize=normalize, batch_tokens=batch_tokens,
+                                      precision=precision, ranges=ranges)
         return vectors[0] if single else vectors
 
+    def prepare_inputs(self, items: Any, *, instruction: Optional[str] = None, prompt_name: Optional[str] = None,
+                       max_length: Optional[int] = None, truncate: bool = True,
+                       direction: str = "right") -> list[Prepared]:
+        """The contract's step one (contracts.EmbeddingModel): items -> Prepared, errors naming the item.
+
+        An item over max_length is refused whatever `truncate` says: its image tokens cannot be cut.
+        """
+        batch = [items] if isinstance(items, (str, dict)) else _check_items(items)
+        if instruction is not None and not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
+        if prompt_name is not None:
+            check_prompt_name(prompt_name, self.prompts)
+        limit = self.max_length if max_length is None else check_int("max_length", max_length, 16)
+        return [self.prepare(item, i, instruction, limit) for i, item in enumerate(batch)]
+
+    def prepare_ids(self, sequences, *, max_length: Optional[int] = None, truncate: bool = True) -> list:
+        raise TypeError("a Qwen3-VL model does not read bare token ids (its prompt is a chat template around the "
+                        "item, with pixels for image tokens): send text or items")
+
+    def tokens(self, text: str, *, prompt_name: Optional[str] = None, add_special_tokens: bool = True) -> list[dict]:
+        """What the model reads for a text item (TEI's /tokenize): the text's tokens, and with add_special_tokens
+        the recipe's template around them (special, no offsets)."""
+        if prompt_name is not None:
+            check_prompt_name(prompt_name, self.prompts)
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        body = [{"id": i, "text": text[start:stop], "special": False, "start": start, "stop": stop}
+                for i, (start, stop) in zip(encoding.ids, encoding.offsets)]
+        if not add_special_tokens:
+            return body
+        head, tail = self._template(format_instruction(None), "")
+        wrap = lambda ids: [{"id": i, "text": self._tokenizer.decode([i], skip_special_tokens=False),
+                             "special": True, "start": None, "stop": None} for i in ids]
+        return wrap(self._encode(head)) + body + wrap(self._encode(tail))
+
+    def describe(self) -> dict:
+        """The contract's summary: family, decoder layers, quantization of the checkpoint."""
+        return {"family": "qwen3_vl", "layers": self.args.text.num_hidden_layers,
+                "quantization": self.args.text.quantization}
+
     def embed_prepared(self, prepared: list[Prepared], *, dim: Optional[int] = None, normalize: bool = True,
-                       batch_tokens: Optional[int] = None) -> np.ndarray:
+                       batch_tokens: Optional[int] = None, precision: str = "float32",
+                       ranges: Optional[np.ndarray] = None) -> np.ndarray:
         """Items already through `prepare` (their token counts known: len(p.ids)) -> (N, dim) float32."""
+        _precision.check(precision)
         dim = _pooling.check_dim(dim, self.dim)
         check_batch_tokens(batch_tokens)
         def forward(batch: list[Prepared]) -> mx.array:
             pooled = _pooling.truncate(self._forward(batch).astype(mx.float32), dim)
             return _pooling.normalize(pooled) if normalize else pooled
-        return run_batches(prepared, forward, np.empty((len(prepared), dim), dtype=np.float32), self.device,
-                           batch_tokens=batch_tokens, name=self.name)
+        vectors = run_batches(prepared, forward, np.empty((len(prepared), dim), dtype=np.float32), self.device,
+                              batch_tokens=batch_tokens, name=self.name)
+        return vectors if precision == "float32" else _precision.quantize(vectors, precision, ranges)
 
     def embed_ids(self, prepared: list[Prepared], *, normalize: bool = True,
                   batch_tokens: Optional[int] = None) -> np.ndarray:
-        """The server worker's call (Embedder.embed_ids for text models): prepared items -> (N, dim)."""
+        """Prepared items -> (N, dim), as Embedder.embed_ids takes finished ids (the server's older call)."""
         return self.embed_prepared(prepared, normalize=normalize, batch_tokens=batch_tokens)
 
-    def prepare(self, item: Any, index: int = 0, instruction: Optional[str] = None) -> Prepared:
+    def prepare(self, item: Any, index: int = 0, instruction: Optional[str] = None,
+                max_length: Optional[int] = None) -> Prepared:
         """One item -> its token ids, rotary positions and pixels (the recipe's prompt). Errors name `index`."""
         if isinstance(item, str):
             item = {"text": item}
@@ -137,14 +183,20 @@ class VLEmbedder:
             except (ValueError, TypeError, FileNotFoundError) as e:
                 raise type(e)(f"item {index}: {e}") from None
         vision += "<|vision_start|><|image_pad|><|vision_end|>" * len(sources)  # the user turn: video, images, text
-        head = (f"<|im_start|>system\n{format_instruction(own)}<|im_end|>\n<|im_start|>user\n{vision}")
-        tail = "<|im_end|>\n<|im_start|>assistant\n"
+        head, tail = self._template(format_instruction(own), vision)
         ids = self._encode(head) + self._encode_text(text or "", index) + self._encode(tail)
         ids, positions = self._expand(ids, visuals, index)
-        if len(ids) > self.max_length:
-            raise ValueError(f"item {index} has {len(ids)} tokens, more than max_length {self.max_length}: "
+        limit = self.max_length if max_length is None else max_length
+        if len(ids) > limit:
+            raise ValueError(f"item {index} has {len(ids)} tokens, more than max_length {limit}: "
                              "shorten its text or use smaller images")
         return Prepared(ids, positions, visuals)
+
+    @staticmethod
+    def _template(system: str, vision: str) -> tuple[str, str]:
+        """The chat template around an item's text: (system turn + user turn up to the text, the rest)."""
+        return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{vision}",
+                "<|im_end|>\n<|im_start|>assistant\n")
 
     def _video(self, video: Any, index: int):
         """A video file's path or a list of frames -> (images.Patches, timestamps), errors naming the item."""
@@ -256,8 +308,7 @@ def load_vl(folder: Path, *, name: str, device: Optional[str] = None, dtype: Opt
     _pooling.check(pooling)
     device_plan = plan(device, dtype, dequantize, batch_tokens)
     model, args = load_vl_model(folder, device_plan)
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
-                                   or max_length < 16):
-        raise ValueError(f"max_length must be an int of at least 16, got {max_length!r}")
+    if max_length is not None:
+        check_int("max_length", max_length, 16)
     return VLEmbedder(model, folder, args, device_plan, name=name, max_length=max_length or MAX_LENGTH,
                       pooling=pooling, layer=layer)

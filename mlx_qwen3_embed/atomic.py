@@ -1,0 +1,78 @@
+"""Atomic writes, for every output and every conversion: a file or folder is built beside its destination under a
+hidden name and renamed into place at the end, so an interrupted run (an error, Ctrl-C, kill -9, a full disk)
+never leaves a half-written file or folder at the destination. Finished files and folders get the umask's usual
+permissions (a temporary one is created private)."""
+
+import glob
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+
+def write_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write` on a temporary binary file beside `path`, flush it to disk, then rename it to `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def partial_prefix(dst: Path) -> str:
+    """The hidden name under which a folder for `dst` is built: `.{name}.partial-`."""
+    return f".{Path(dst).name}.partial-"
+
+
+def remove_stale_partials(dst: Path) -> None:
+    """Remove the hidden folders that builds of `dst` killed mid-run (SIGKILL, power loss) left beside it: those
+    named for a process that no longer exists. A running build's folder stays."""
+    dst = Path(dst)
+    prefix = partial_prefix(dst)
+    for folder in dst.parent.glob(glob.escape(prefix) + "*"):
+        pid = folder.name[len(prefix):].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def building_folder(dst: Path) -> Iterator[Path]:
+    """Yield an empty hidden folder beside `dst`; renamed to `dst` when the block ends, removed if it raises.
+
+    The caller checks beforehand that `dst` may be written (it must not exist when the block ends).
+    """
+    dst = Path(dst)
+    remove_stale_partials(dst)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{partial_prefix(dst)}{os.getpid()}-", dir=dst.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or no pid at all: leave its folder
+        pass
+    return True

@@ -1,0 +1,46 @@
+"""The rules every edge applies the same way, written once: an int parameter, a named prompt, top_n and the order
+of scores, the sigmoid of a rerank logit, and the guard against non-finite results."""
+
+from typing import Mapping, Optional
+
+import numpy as np
+
+
+def check_int(name: str, value, least: int = 1, most: Optional[int] = None, *, note: str = "") -> int:
+    """`value` as an int in least..most, else ValueError naming `name` (bools are not ints here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least \
+            or (most is not None and value > most):
+        wanted = f"between {least} and {most}" if most is not None else f"of at least {least}"
+        raise ValueError(f"{name} must be an int {wanted}{note}, got {value!r}")
+    return int(value)
+
+
+def check_prompt_name(prompt_name: str, prompts: Mapping[str, str]) -> str:
+    """The prompt `prompt_name` names, else ValueError listing the model's prompts."""
+    if prompt_name not in prompts:
+        have = ", ".join(sorted(prompts)) or "none"
+        raise ValueError(f"unknown prompt_name {prompt_name!r}: this model has {have}")
+    return prompts[prompt_name]
+
+
+def check_top_n(top_n) -> Optional[int]:
+    """None (all) or an int >= 1."""
+    return None if top_n is None else check_int("top_n", top_n)
+
+
+def best_first(scores: np.ndarray, top_n: Optional[int] = None) -> list[int]:
+    """Indices of `scores`, highest first (ties keep input order), at most top_n."""
+    order = np.argsort(-scores, kind="stable")
+    return [int(i) for i in order[:top_n]]
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """P("yes") from the logit yes - no: the softmax over (no, yes) is the sigmoid of their difference."""
+    return (1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
+
+
+def check_finite(values: np.ndarray, name: str, what: str = "vectors") -> np.ndarray:
+    """Raise FloatingPointError naming the model unless every value is finite (bf16/fp16 overflow)."""
+    if not np.isfinite(values).all():
+        raise FloatingPointError(f"{name} produced non-finite {what}: load it with dtype='float32'")
+    return values

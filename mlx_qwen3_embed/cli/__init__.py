@@ -1,0 +1,5 @@
+"""The `mlx-embed` command line (app.py)."""
+
+from .app import app
+
+__all__ = ["app"]

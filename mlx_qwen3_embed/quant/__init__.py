@@ -1,0 +1,1 @@
+"""Conversion to the mlx-community layout: round-to-nearest quantization, streamed writing, DWQ distillation."""
