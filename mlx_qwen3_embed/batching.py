@@ -5,6 +5,8 @@ from typing import Callable, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
+from .checks import check_finite
+
 
 def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     """Indices of texts grouped into batches whose padded size (count x longest) stays within `batch_tokens`.
@@ -61,7 +63,4 @@ def run_batches(sequences: Sequence, forward: Callable[[list], mx.array], out: n
         pending = (batch, rows)
     if pending is not None:
         out[pending[0]] = np.array(pending[1])
-    if not np.isfinite(out).all():
-        raise FloatingPointError(f"{name} produced non-finite {what} (dtype {device.dtype}): "
-                                 "load with dtype='float32'")
-    return out
+    return check_finite(out, name, what, f" (dtype {device.dtype})")

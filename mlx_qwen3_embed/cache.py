@@ -5,6 +5,8 @@ from typing import Callable, Hashable
 
 import numpy as np
 
+from .checks import check_int
+
 
 class VectorCache:
     """Up to `size` vectors; `hits` and `misses` count lookups (the server's /metrics shows them).
@@ -13,9 +15,7 @@ class VectorCache:
     """
 
     def __init__(self, size: int):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"cache_size must be a positive int (vectors kept), got {size!r}")
-        self.size, self.hits, self.misses = size, 0, 0
+        self.size, self.hits, self.misses = check_int("cache_size", size, note=" (vectors kept)"), 0, 0
         self._vectors: OrderedDict = OrderedDict()
 
     def embed(self, sequences: list[list[int]], options: Hashable,

@@ -6,12 +6,15 @@ from typing import Mapping, Optional
 import numpy as np
 
 
-def check_int(name: str, value, least: int = 1, most: Optional[int] = None, *, note: str = "") -> int:
-    """`value` as an int in least..most, else ValueError naming `name` (bools are not ints here)."""
+def check_int(name: str, value, least: int = 1, most: Optional[int] = None, *, note: str = "",
+              wanted: Optional[str] = None) -> int:
+    """`value` as an int in least..most, else ValueError naming `name` and what it must be (`wanted`, default
+    "a positive int" / "an int of at least N" / "an int between N and M"); bools are not ints here."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least \
             or (most is not None and value > most):
-        wanted = f"between {least} and {most}" if most is not None else f"of at least {least}"
-        raise ValueError(f"{name} must be an int {wanted}{note}, got {value!r}")
+        wanted = wanted or (f"an int between {least} and {most}" if most is not None else "a positive int"
+                            if least == 1 else f"an int of at least {least}")
+        raise ValueError(f"{name} must be {wanted}{note}, got {value!r}")
     return int(value)
 
 
@@ -25,7 +28,7 @@ def check_prompt_name(prompt_name: str, prompts: Mapping[str, str]) -> str:
 
 def check_top_n(top_n) -> Optional[int]:
     """None (all) or an int >= 1."""
-    return None if top_n is None else check_int("top_n", top_n)
+    return None if top_n is None else check_int("top_n", top_n, wanted="an int of at least 1")
 
 
 def best_first(scores: np.ndarray, top_n: Optional[int] = None) -> list[int]:
@@ -39,8 +42,8 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return (1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
 
 
-def check_finite(values: np.ndarray, name: str, what: str = "vectors") -> np.ndarray:
+def check_finite(values: np.ndarray, name: str, what: str = "vectors", note: str = "") -> np.ndarray:
     """Raise FloatingPointError naming the model unless every value is finite (bf16/fp16 overflow)."""
     if not np.isfinite(values).all():
-        raise FloatingPointError(f"{name} produced non-finite {what}: load it with dtype='float32'")
+        raise FloatingPointError(f"{name} produced non-finite {what}{note}: load it with dtype='float32'")
     return values

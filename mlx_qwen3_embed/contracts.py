@@ -44,9 +44,10 @@ class EmbeddingModel(Protocol):
         """
 
     def prepare_ids(self, sequences: Sequence[Sequence[int]], *, max_length: Optional[int] = None,
-                    truncate: bool = True) -> list[Sized]:
+                    truncate: bool = True, own: bool = False) -> list[Sized]:
         """Pre-tokenized input (lists of this model's token ids) -> prepared inputs; TypeError for a model that
-        does not read bare token ids (Qwen3-VL: its ids carry pixels)."""
+        does not read bare token ids (Qwen3-VL: its ids carry pixels). own: refuse (ValueError) ids that are not
+        this tokenizer's tokenization of any text (another tokenizer's ids)."""
 
     def tokens(self, text: str, *, prompt_name: Optional[str] = None,
                add_special_tokens: bool = True) -> list[dict]:

@@ -26,6 +26,7 @@ from typing import Optional
 import mlx.core as mx
 
 from .blas import warn_if_slow
+from .checks import check_int
 from .models.qwen3 import Kernels
 
 X86 = ("x86_64", "amd64")
@@ -49,10 +50,7 @@ class DevicePlan:
 
 def check_batch_tokens(batch_tokens: Optional[int]) -> Optional[int]:
     """Raise ValueError unless `batch_tokens` is None (the device's default) or a positive int; return it."""
-    if batch_tokens is not None and (isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int)
-                                     or batch_tokens < 1):
-        raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
-    return batch_tokens
+    return None if batch_tokens is None else check_int("batch_tokens", batch_tokens)
 
 
 def plan(device: Optional[str] = None, dtype: Optional[str] = None,

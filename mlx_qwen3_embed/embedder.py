@@ -52,8 +52,11 @@ class Embedder:
     prepare_inputs = tokenize  # the contract's name (contracts.EmbeddingModel): a text's prepared form is its ids
 
     def prepare_ids(self, sequences: Sequence[Sequence[int]], *, max_length: Optional[int] = None,
-                    truncate: bool = True) -> list[list[int]]:
-        """Pre-tokenized input (N lists of ids) -> finished ids: each gets its final <|endoftext|> like text does."""
+                    truncate: bool = True, own: bool = False) -> list[list[int]]:
+        """Pre-tokenized input (N lists of ids) -> finished ids: each gets its final <|endoftext|> like text does.
+
+        own: refuse (ValueError) a list that is not this tokenizer's own tokenization of some text.
+        """
         if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Sequence):
             raise TypeError(f"sequences must be a list of lists of token ids, got {type(sequences).__name__}")
         vocab = self.args.vocab_size
@@ -66,7 +69,24 @@ class Embedder:
                 if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < vocab:
                     raise ValueError(f"input {i} holds {t!r}, not a token id in 0..{vocab - 1}")
             finished.append(self.tokenizer.finish(ids, limit, truncate, i))
+        foreign = self._foreign([ids[:-1] for ids in finished]) if own else None
+        if foreign is not None:
+            raise ValueError(f"input {foreign} is not this model's token ids: decoded and encoded again it gives "
+                             "other ids")
         return finished
+
+    def _foreign(self, sequences: list[list[int]]) -> Optional[int]:
+        """The index of the first id list that decode -> encode does not give back unchanged, else None.
+
+        What passes is exactly this tokenizer's own tokenization of some text, embedded as that text. Another
+        tokenizer's ids, read as Qwen ids, mostly decode to a string that Qwen's BPE splits differently, but not
+        always: a single id passes whenever its token encodes back to itself (most of the vocabulary does), and
+        so may a short list of whole-word tokens. Such inputs cannot be told from real Qwen ids. A request is
+        refused as a whole as soon as one of its lists fails, so LangChain's tiktoken ids slip through only when
+        every list of the call round-trips: in practice, calls whose texts are all a token or two long.
+        """
+        again = self.tokenizer.encode([self.tokenizer.decode(ids) for ids in sequences], 2**62)
+        return next((i for i, (ids, back) in enumerate(zip(sequences, again)) if back[:-1] != ids), None)
 
     def tokens(self, text: str, *, prompt_name: Optional[str] = None, add_special_tokens: bool = True) -> list[dict]:
         """What the model reads for `text` (TEI's /tokenize): the prompt's and the text's tokens, then, with

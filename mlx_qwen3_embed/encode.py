@@ -13,6 +13,7 @@ import mlx.core as mx
 import numpy as np
 
 from . import precision as _precision
+from .checks import check_int
 from .pooling import check_dim as _check_dim, normalize as _normalize
 
 
@@ -35,8 +36,7 @@ def encode(embedder, inputs: Union[str, Sequence[str]], prompt_name: Optional[st
         raise TypeError(f"encode() got unexpected keyword arguments {sorted(unused)}")
     if output_value != "sentence_embedding":
         raise ValueError(f"output_value must be 'sentence_embedding', got {output_value!r}: only pooled vectors here")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     if device is not None or pool is not None or chunk_size is not None:
         raise ValueError("device, pool and chunk_size must be None: the device is chosen at load(device=...)")
     _precision.check(precision)

@@ -8,6 +8,7 @@ import mlx.core as mx
 import numpy as np
 
 from .batching import padded, run_batches
+from .checks import best_first, check_int, check_top_n, sigmoid
 from .models.args import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
@@ -72,6 +73,8 @@ class Reranker:
             sequences.append(self.prefix_ids + list(ids) + self.suffix_ids)
         return sequences
 
+    prepare_pairs = tokenize_pairs  # the contract's names (contracts.RerankModel)
+
     def score(self, query: str, documents: Sequence[str], *, instruction: Optional[str] = None,
               batch_tokens: Optional[int] = None) -> np.ndarray:
         """How well each document answers `query`: P("yes"), float32 (N,), in the documents' order."""
@@ -101,8 +104,9 @@ class Reranker:
         logits = run_batches(sequences, padded(self._logits, self.tokenizer.eos_id),
                              np.empty(len(sequences), dtype=np.float32), self.device, batch_tokens=batch_tokens,
                              name=self.name, what="scores")
-        # softmax over (no, yes) is the sigmoid of their difference
-        return logits if raw else (1 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+        return logits if raw else sigmoid(logits)
+
+    score_prepared = score_ids
 
     def _logits(self, input_ids: mx.array, lengths: mx.array) -> mx.array:
         """(B, L) right-padded pairs -> (B,) float32 logit yes - no, as a lazy graph."""
@@ -114,23 +118,7 @@ class Reranker:
         if max_length is None:
             return self.max_length
         least = len(self.prefix_ids) + len(self.suffix_ids) + 1
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < least:
-            raise ValueError(f"max_length must be an int of at least {least} (the template's tokens and one more), "
-                             f"got {max_length!r}")
-        return max_length
-
-
-def check_top_n(top_n) -> Optional[int]:
-    """Raise ValueError unless top_n is None (all) or an int >= 1; return it."""
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1):
-        raise ValueError(f"top_n must be an int of at least 1, got {top_n!r}")
-    return top_n
-
-
-def best_first(scores: np.ndarray, top_n: Optional[int] = None) -> list[int]:
-    """Indices of `scores`, highest first (ties keep input order), at most top_n."""
-    order = np.argsort(-scores, kind="stable")
-    return [int(i) for i in order[:top_n]]
+        return check_int("max_length", max_length, least, note=" (the template's tokens and one more)")
 
 
 def _check_str(name: str, value) -> str:

@@ -282,7 +282,7 @@ class NaNEmbedder:
     def __init__(self, dim: int):
         self.dim = dim
 
-    def embed_ids(self, sequences, **kwargs):
+    def embed_prepared(self, sequences, **kwargs):
         return np.full((len(sequences), self.dim), np.nan, np.float32)
 
 
@@ -421,11 +421,12 @@ class PoisonedEmbedder:
 
     def __init__(self, embedder, poison: int):
         self.embedder, self.poison, self.name, self.device = embedder, poison, "poisoned", embedder.device
+        self.cache = None
 
-    def embed_ids(self, sequences, **kwargs):
+    def embed_prepared(self, sequences, **kwargs):
         if any(self.poison in s for s in sequences):
             raise FloatingPointError("non-finite vectors")
-        return self.embedder.embed_ids(sequences, **kwargs)
+        return self.embedder.embed_prepared(sequences, **kwargs)
 
 
 def test_worker_fails_only_the_bad_request_of_a_packed_call(embedder, sample):

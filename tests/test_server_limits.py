@@ -328,11 +328,11 @@ class SlowEmbedder:
     """The real model, 0.25 s slower per call: a big request's whole time is many calls."""
 
     def __init__(self, embedder):
-        self.embedder, self.name = embedder, "slow"
+        self.embedder, self.name, self.cache = embedder, "slow", None
 
-    def embed_ids(self, sequences, **kwargs):
+    def embed_prepared(self, sequences, **kwargs):
         time.sleep(0.25)
-        return self.embedder.embed_ids(sequences, **kwargs)
+        return self.embedder.embed_prepared(sequences, **kwargs)
 
 
 def test_client_that_hangs_up_frees_the_worker(embedder, long_texts):

@@ -36,7 +36,8 @@ def rerank(
 ):
     """Score documents against a query with Qwen3-Reranker: one JSON line {index, score, document} each, best
     first."""
-    from ..reranker import check_top_n, load_reranker
+    from ..checks import check_top_n
+    from ..reranker import load_reranker
 
     check_top_n(top_n)  # before minutes of loading
     texts = read_texts(documents or [], file, jsonl)

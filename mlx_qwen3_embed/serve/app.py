@@ -17,8 +17,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..embedder import Embedder
-from ..reranker import Reranker
+from ..checks import check_int
+from ..contracts import EmbeddingModel, RerankModel
 from . import ollama, openai, rerank, tei
 from .errors import ApiError, error_response
 from .limits import RequestLimits
@@ -34,7 +34,7 @@ BYTES_PER_TOKEN = 4  # the default body cap allows max_inputs texts of max_lengt
 BODY_TIMEOUT = 30.0  # seconds for a whole request body to arrive
 
 
-def create_app(embedder: Optional[Embedder], *, reranker: Optional[Reranker] = None,
+def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankModel] = None,
                api_key: Optional[str] = None, served_model_name: Optional[str] = None,
                batch_tokens: Optional[int] = None, max_batch_requests: int = 256, max_queue: int = 1024,
                max_inputs: int = MAX_INPUTS, max_request_bytes: Optional[int] = None,
@@ -56,9 +56,8 @@ def create_app(embedder: Optional[Embedder], *, reranker: Optional[Reranker] = N
     if max_request_bytes is None and isinstance(max_inputs, int):
         longest = max(m.max_length for m in (embedder, reranker) if m is not None)
         max_request_bytes = max_inputs * longest * BYTES_PER_TOKEN
-    for name, value in (("max_inputs", max_inputs), ("max_request_bytes", max_request_bytes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_int("max_inputs", max_inputs)
+    check_int("max_request_bytes", max_request_bytes)
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be a positive number of seconds, got {body_timeout!r}")
     metrics = Metrics()

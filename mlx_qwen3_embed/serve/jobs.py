@@ -1,39 +1,37 @@
-"""What every dialect does between parsing and answering: texts -> token ids (with the dialect's truncation rule),
-and ids -> vectors through the one BatchWorker, with its refusals turned into ApiErrors."""
+"""What every dialect does between parsing and answering, written once against the contracts: the input-count
+limit, inputs -> prepared inputs (with the dialect's truncation rule, errors naming `param[i]`), and prepared
+inputs -> vectors or scores through the one BatchWorker, its refusals turned into ApiErrors."""
 
 import asyncio
-from typing import Optional
+import re
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..embedder import Embedder
+from ..checks import check_prompt_name
+from ..contracts import EmbeddingModel
 from ..pooling import check_dim
 from .errors import ApiError
 from .worker import BatchWorker, Job, QueueFull
 
-UNLIMITED = 2**62  # tokenize whole, then cut here: the dialects need to know what was cut and from which side
+UNLIMITED = 2**62  # prepare whole, then cut: the dialects need to know what was cut and from which side
+INDEX = re.compile(r"^(?:item|input|texts|documents|pairs|pair)\s*\[?(\d+)\]?")  # the library's way to name input i
 
 
-def tokenize(embedder: Embedder, texts: list[str], *, prompt_name: Optional[str] = None, truncate: bool,
-             direction: str = "right") -> tuple[list[list[int]], int]:
-    """Texts -> (finished token ids, how many were cut to max_length). Over-long without truncate: ApiError 400.
+def check_count(n: int, max_inputs: int, param: str = "input", status: int = 400) -> None:
+    """The per-request input limit: more than `max_inputs` is an ApiError naming `param`."""
+    if n > max_inputs:
+        raise ApiError(f"{param} has {n} items, more than the limit of {max_inputs}: split the request", param,
+                       "too_many_inputs", status=status)
 
-    direction "left" keeps the last tokens (TEI's truncation_direction); the final <|endoftext|> is always kept.
-    """
-    if prompt_name is not None and prompt_name not in embedder.prompts:
-        raise ApiError(f"unknown prompt_name {prompt_name!r}: this model has {', '.join(sorted(embedder.prompts))}",
-                       "prompt_name", "invalid_value")
-    whole = embedder.tokenize(texts, prompt_name=prompt_name, max_length=UNLIMITED)
-    limit, cut = embedder.max_length, 0
-    for i, ids in enumerate(whole):
-        if len(ids) > limit:
-            if not truncate:
-                raise ApiError(f"input {i} has {len(ids)} tokens, more than max_length {limit}: shorten it or "
-                               "send truncate=true", "input", "context_length_exceeded")
-            body = ids[:-1]
-            whole[i] = (body[: limit - 1] if direction == "right" else body[len(body) - limit + 1:]) + ids[-1:]
-            cut += 1
-    return whole, cut
+
+def check_prompt(prompt_name: Optional[str], model: EmbeddingModel) -> None:
+    """An unknown `prompt_name` is an ApiError on that field."""
+    if prompt_name is not None:
+        try:
+            check_prompt_name(prompt_name, model.prompts)
+        except ValueError as e:
+            raise ApiError(str(e), "prompt_name", "invalid_value") from None
 
 
 def check_dimensions(dimensions: Optional[int], full: int) -> int:
@@ -44,14 +42,65 @@ def check_dimensions(dimensions: Optional[int], full: int) -> int:
         raise ApiError(str(e), "dimensions", "invalid_value") from None
 
 
-async def run(worker: BatchWorker, sequences: list[list[int]], dim: int, normalize: bool = True) -> np.ndarray:
-    """Queue the ids on the worker and wait: (N, dim) float32. A full queue is a 429, a model failure a 500."""
+def named(message: str, param: str) -> str:
+    """A library message that names an input by its index ("item 3 ...", "texts[3] ...") -> "param[3] ..."."""
+    return INDEX.sub(lambda m: f"{param}[{m.group(1)}]", message, count=1)
+
+
+def refused(e: Exception, param: str) -> ApiError:
+    """The library's refusal of one input (ValueError, TypeError, FileNotFoundError) as a 400 naming it."""
+    return ApiError(named(str(e), param), param, "invalid_type" if isinstance(e, TypeError) else "invalid_value")
+
+
+def fit(prepare: Callable[..., list], inputs: list, limit: int, *, truncate: bool,
+        param: str = "input") -> tuple[list, int]:
+    """Inputs -> (prepared inputs of at most `limit` tokens, how many were cut). prepare(inputs, max_length=,
+    truncate=) is the model's; over-long without `truncate` (or one that cannot be cut) is a 400
+    context_length_exceeded naming it."""
     try:
-        future = worker.submit(Job(sequences, dim, normalize))
+        whole = prepare(inputs, max_length=UNLIMITED, truncate=True)
+    except UnicodeError:  # a lone surrogate: app.py answers 400 naming it
+        raise
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise refused(e, param) from None
+    over = [i for i, p in enumerate(whole) if len(p) > limit]
+    if over and not truncate:
+        i = over[0]
+        raise ApiError(f"{param}[{i}] has {len(whole[i])} tokens, more than max_length {limit}: shorten it or "
+                       "send truncate=true", param, "context_length_exceeded")
+    for i in over:
+        try:
+            whole[i] = prepare([inputs[i]], max_length=limit, truncate=True)[0]
+        except ValueError as e:  # it cannot be cut (a Qwen3-VL item's image tokens)
+            raise ApiError(f"{param}[{i}]: {named(str(e), param).removeprefix(f'{param}[0] ')}", param,
+                           "context_length_exceeded") from None
+    return whole, len(over)
+
+
+def prepare(model: EmbeddingModel, inputs: list[Any], *, truncate: bool, direction: str = "right",
+            instruction: Optional[str] = None, prompt_name: Optional[str] = None,
+            param: str = "input") -> tuple[list, int]:
+    """Inputs (texts, or Qwen3-VL items) -> (prepared inputs, how many were cut to max_length); `direction`
+    "left" keeps the end (TEI's truncation_direction). Refusals are ApiErrors naming `param[i]`."""
+    check_prompt(prompt_name, model)
+    if instruction is not None and prompt_name is not None:
+        raise ApiError("give instruction or prompt_name, not both", "prompt_name", "invalid_value")
+    return fit(lambda xs, **kw: model.prepare_inputs(xs, instruction=instruction, prompt_name=prompt_name,
+                                                     direction=direction, **kw),
+               inputs, model.max_length, truncate=truncate, param=param)
+
+
+async def run(worker: BatchWorker, prepared: list, dim: int, normalize: bool = True, *,
+              kind: str = "embed") -> np.ndarray:
+    """Queue prepared inputs on the worker and wait: (N, dim) float32 (rerank: (N, 1) logits). A full queue
+    is a 429, a model failure a 500."""
+    try:
+        future = worker.submit(Job(prepared, dim, normalize, kind=kind))
     except QueueFull as e:
         raise ApiError(f"server busy: {e}; retry shortly", code="queue_full", status=429,
                        kind="rate_limit_error") from None
     try:
         return await asyncio.wrap_future(future)
     except Exception as e:  # the model's fault, not the client's
-        raise ApiError(f"embedding failed: {e}", code="internal_error", status=500, kind="server_error") from e
+        what = "reranking" if kind == "rerank" else "embedding"
+        raise ApiError(f"{what} failed: {e}", code="internal_error", status=500, kind="server_error") from e

@@ -15,6 +15,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .errors import error_response
+from ..checks import check_int
 
 HEADER_TIMEOUT = 10.0      # seconds from a request's first byte (or the connection's start) to its last header
 KEEP_ALIVE_TIMEOUT = 5.0   # seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive)
@@ -120,8 +121,8 @@ def run(app, sock: socket.socket, *, header_timeout: float = HEADER_TIMEOUT,
                         ("shutdown_timeout", shutdown_timeout)):
         if not value > 0:
             raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    if max_connections is not None and max_connections < 1:
-        raise ValueError(f"max_connections must be a positive int, got {max_connections!r}")
+    if max_connections is not None:
+        check_int("max_connections", max_connections)
     metrics = getattr(app.state, "metrics", None)
     count = (lambda status: metrics.count("connection", status)) if metrics else (lambda status: None)
     config = uvicorn.Config(app, http=guarded_protocol(header_timeout, max_connections, count),

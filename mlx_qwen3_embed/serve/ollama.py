@@ -12,7 +12,7 @@ from typing import Any, Optional, Union
 from fastapi import FastAPI
 from pydantic import BaseModel, StrictBool, StrictInt, StrictStr
 
-from ..embedder import Embedder
+from ..contracts import EmbeddingModel
 from . import jobs
 from .errors import ApiError
 from .worker import BatchWorker
@@ -46,14 +46,13 @@ class ShowRequest(BaseModel):
     name: Optional[StrictStr] = None  # older clients send `name`
 
 
-def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *, model_id: str, max_inputs: int,
+def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metrics, *, model_id: str, max_inputs: int,
                started: int):
     """Register the Ollama routes on `app`."""
 
     async def embed_texts(texts: list[str], truncate: bool, dim: int, normalize: bool):
-        if len(texts) > max_inputs:
-            raise ApiError(f"input has {len(texts)} items, more than the limit of {max_inputs}: split the request")
-        sequences, cut = jobs.tokenize(embedder, texts, truncate=truncate)
+        jobs.check_count(len(texts), max_inputs)
+        sequences, cut = jobs.prepare(embedder, texts, truncate=truncate) if texts else ([], 0)
         vectors = await jobs.run(worker, sequences, dim, normalize) if sequences else []
         tokens = sum(len(s) for s in sequences)
         metrics.embedded(len(sequences), tokens)
@@ -89,18 +88,20 @@ def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *
     @app.post("/api/show")
     async def show(body: ShowRequest):
         model = _describe(embedder, model_id, started)
+        family = embedder.describe()["family"]
         return {"modified_at": model["modified_at"], "details": model["details"], "modelfile": "", "parameters": "",
                 "template": "", "capabilities": ["embedding"],
-                "model_info": {"general.architecture": "qwen3", "qwen3.embedding_length": embedder.dim,
-                               "qwen3.context_length": embedder.max_length,
-                               "qwen3.block_count": embedder.args.num_hidden_layers}}
+                "model_info": {"general.architecture": family, f"{family}.embedding_length": embedder.dim,
+                               f"{family}.context_length": embedder.max_length,
+                               f"{family}.block_count": embedder.describe()["layers"]}}
 
 
-def _describe(embedder: Embedder, model_id: str, started: int) -> dict:
+def _describe(embedder: EmbeddingModel, model_id: str, started: int) -> dict:
     """The model as Ollama's /api/tags lists it."""
-    quantization = embedder.args.quantization or {}
+    summary = embedder.describe()
+    quantization = summary["quantization"] or {}
     level = f"Q{quantization['bits']}" if "bits" in quantization else str(embedder.device.dtype).split(".")[-1].upper()
     return {"name": model_id, "model": model_id,
             "modified_at": datetime.fromtimestamp(started, timezone.utc).isoformat(), "size": 0, "digest": "",
-            "details": {"parent_model": "", "format": "safetensors", "family": "qwen3", "families": ["qwen3"],
-                        "parameter_size": "", "quantization_level": level}}
+            "details": {"parent_model": "", "format": "safetensors", "family": summary["family"],
+                        "families": [summary["family"]], "parameter_size": "", "quantization_level": level}}

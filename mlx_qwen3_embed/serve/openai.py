@@ -14,9 +14,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
-from ..embedder import Embedder
-from .errors import ApiError
+from ..contracts import EmbeddingModel
 from . import jobs, quantized
+from .errors import ApiError
+from .items import read_images
 from .worker import BatchWorker
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
@@ -44,24 +45,22 @@ class EmbeddingRequest(BaseModel):
 
 
 
-def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *, model_id: str, max_inputs: int,
-               started: int, allow_remote_images: bool = False):
+def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metrics, *, model_id: str,
+               max_inputs: int, started: int, allow_remote_images: bool = False):
     """Register the OpenAI routes on `app`; `metrics` counts inputs and tokens.
-    allow_remote_images: Qwen3-VL items may carry http(s) image URLs, downloaded by the server (serve/items.py)."""
+    allow_remote_images: items may carry http(s) image URLs, downloaded by the server (serve/items.py)."""
 
     async def embeddings(body: EmbeddingRequest):
         dim = jobs.check_dimensions(body.dimensions, embedder.dim)
-        # a few short texts tokenize in microseconds; only a big request is worth a thread hop off the event loop
-        if hasattr(embedder, "embed_prepared"):  # Qwen3-VL: items with images (serve/items.py), decoded off the loop
-            sequences = await run_in_threadpool(_prepare_items, embedder, body, max_inputs, allow_remote_images)
-        elif _size(body.input) > INLINE_CHARS:
-            sequences = await run_in_threadpool(_tokenize, embedder, body, max_inputs)
+        # a few short texts prepare in microseconds; only a big request, or images to decode, is worth a thread hop
+        if _size(body.input) > INLINE_CHARS or _has_items(body.input):
+            prepared = await run_in_threadpool(_prepare, embedder, body, max_inputs, allow_remote_images)
         else:
-            sequences = _tokenize(embedder, body, max_inputs)
-        bounds = quantized.check(body.precision, body.ranges, dim, len(sequences))
-        vectors = await jobs.run(worker, sequences, dim)
-        tokens = sum(len(s) for s in sequences)
-        metrics.embedded(len(sequences), tokens)
+            prepared = _prepare(embedder, body, max_inputs, allow_remote_images)
+        bounds = quantized.check(body.precision, body.ranges, dim, len(prepared))
+        vectors = await jobs.run(worker, prepared, dim)
+        tokens = sum(len(s) for s in prepared)
+        metrics.embedded(len(prepared), tokens)
         codes, bounds = quantized.quantize(vectors, body.precision, bounds)
         extra = {} if body.precision is None else {"precision": body.precision}
         extra |= {} if bounds is None else {"ranges": bounds.tolist()}
@@ -79,7 +78,7 @@ def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *
 
 
 def _size(given: Any) -> int:
-    """Characters (or token ids) in `input`, to decide where to tokenize; a wrong shape counts as small."""
+    """Characters (or token ids) in `input`, to decide where to prepare it; a wrong shape counts as small."""
     if isinstance(given, str):
         return len(given)
     if isinstance(given, list):
@@ -87,11 +86,15 @@ def _size(given: Any) -> int:
     return 0
 
 
-def _tokenize(embedder: Embedder, body: EmbeddingRequest, max_inputs: int) -> list[list[int]]:
-    """The request's `input` -> finished token ids (each ends in one <|endoftext|>), or an ApiError."""
+def _has_items(given: Any) -> bool:
+    return isinstance(given, dict) or isinstance(given, list) and any(isinstance(x, dict) for x in given)
+
+
+def _prepare(model: EmbeddingModel, body: EmbeddingRequest, max_inputs: int, allow_remote: bool) -> list:
+    """The request's `input` -> prepared inputs (texts, token-id lists, or Qwen3-VL items), or an ApiError."""
     given = body.input
-    if isinstance(given, str) or (isinstance(given, list) and given and _is_ids(given)):
-        data = [given]  # one string, or one list of token ids, is one input
+    if isinstance(given, (str, dict)) or (isinstance(given, list) and given and _is_ids(given)):
+        data = [given]  # one string, one item, or one list of token ids, is one input
     elif isinstance(given, list):
         data = given
     else:
@@ -99,92 +102,45 @@ def _tokenize(embedder: Embedder, body: EmbeddingRequest, max_inputs: int) -> li
                        f"{type(given).__name__}", "input", "invalid_type")
     if not data:
         raise ApiError("input is empty: send at least one string or token list", "input", "empty_input")
-    if len(data) > max_inputs:
-        raise ApiError(f"input has {len(data)} items, more than the limit of {max_inputs}: split the request",
-                       "input", "too_many_inputs")
-    if all(isinstance(x, str) for x in data):
-        return _tokenize_texts(embedder, body, data)
+    jobs.check_count(len(data), max_inputs)
     if all(_is_ids(x) for x in data):
-        return _finish_ids(embedder, body, data)
-    # the first item unlike the first one: a wrong type, or a string among token lists (or the reverse)
-    kind = isinstance(data[0], str)
-    bad = next(i for i, x in enumerate(data) if not (isinstance(x, str) or _is_ids(x)) or isinstance(x, str) != kind)
-    raise ApiError(f"input[{bad}] is {json.dumps(data[bad])[:40]}: every item must be a string, or every item "
-                   "a list of token ids (ints), not a mix", "input", "invalid_type")
-
-
-def _prepare_items(embedder, body: EmbeddingRequest, max_inputs: int, allow_remote: bool) -> list:
-    from .items import prepare_items
-
-    if body.prompt_name is not None or body.truncate:
-        raise ApiError("prompt_name and truncate are for Qwen3 text models; use instruction", "prompt_name",
-                       "invalid_value")
-    return prepare_items(embedder, body.input, body.instruction, max_inputs, allow_remote)
+        return _prepare_ids(model, body, data)
+    bad = next((i for i, x in enumerate(data) if not isinstance(x, (str, dict))), None)
+    if bad is not None:  # a wrong type, or token lists among strings
+        raise ApiError(f"input[{bad}] is {json.dumps(data[bad])[:40]}: every item must be a string (or, for a "
+                       "Qwen3-VL model, an item object), or every item a list of token ids (ints), not a mix",
+                       "input", "invalid_type")
+    empty = next((i for i, x in enumerate(data) if x == ""), None)
+    if empty is not None:
+        raise ApiError(f"input[{empty}] is an empty string: send text", "input", "empty_input")
+    inputs = [read_images(x, i, allow_remote) if isinstance(x, dict) else x for i, x in enumerate(data)]
+    prepared, _ = jobs.prepare(model, inputs, truncate=body.truncate, instruction=body.instruction,
+                               prompt_name=body.prompt_name)
+    return prepared
 
 
 def _is_ids(x: Any) -> bool:
     return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
 
 
-def _tokenize_texts(embedder: Embedder, body: EmbeddingRequest, texts: list[str]) -> list[list[int]]:
-    empty = next((i for i, t in enumerate(texts) if not t), None)
-    if empty is not None:
-        raise ApiError(f"input[{empty}] is an empty string: send text", "input", "empty_input")
-    if body.instruction is not None and body.prompt_name is not None:
-        raise ApiError("give instruction or prompt_name, not both", "prompt_name", "invalid_value")
-    if body.prompt_name is not None and body.prompt_name not in embedder.prompts:
-        raise ApiError(f"unknown prompt_name {body.prompt_name!r}: this model has "
-                       f"{', '.join(sorted(embedder.prompts))}", "prompt_name", "invalid_value")
-    try:
-        return embedder.tokenize(texts, instruction=body.instruction, prompt_name=body.prompt_name,
-                                 truncate=body.truncate)
-    except UnicodeError as e:  # a lone surrogate: app.py answers 400 naming the input
-        raise e from None
-    except ValueError as e:  # the only ValueError left is an over-long input without truncate
-        raise _too_long(e) from None
-
-
-def _finish_ids(embedder: Embedder, body: EmbeddingRequest, sequences: list[list[int]]) -> list[list[int]]:
+def _prepare_ids(model: EmbeddingModel, body: EmbeddingRequest, sequences: list[list[int]]) -> list:
     if body.instruction is not None or body.prompt_name is not None:
         param = "instruction" if body.instruction is not None else "prompt_name"
         raise ApiError(f"{param} applies to text input only: put the prompt's tokens in the ids yourself",
                        param, "invalid_value")
-    vocab = embedder.args.vocab_size
-    finished = []
-    for i, ids in enumerate(sequences):
-        if not ids:
-            raise ApiError(f"input[{i}] is an empty token list", "input", "empty_input")
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise ApiError(f"input[{i}] holds {bad}, not a token id in 0..{vocab - 1}; {FOREIGN_IDS_FIX}", "input",
-                           "invalid_value")
-        try:
-            finished.append(embedder.tokenizer.finish(ids, embedder.max_length, body.truncate, i))
-        except ValueError as e:
-            raise _too_long(e) from None
-    foreign = _foreign(embedder, [ids[:-1] for ids in finished])
-    if foreign is not None:
-        raise ApiError(f"input[{foreign}] is not this model's token ids: decoded and encoded again it gives other "
-                       f"ids; {FOREIGN_IDS_FIX}", "input", "foreign_token_ids")
-    return finished
-
-
-def _foreign(embedder: Embedder, sequences: list[list[int]]):
-    """The index of the first id list that decode -> encode does not give back unchanged, else None.
-
-    What passes is exactly this tokenizer's own tokenization of some text, embedded as that text. Another
-    tokenizer's ids, read as Qwen ids, mostly decode to a string that Qwen's BPE splits differently, but not
-    always: a single id passes whenever its token encodes back to itself (most of the vocabulary does), and so
-    may a short list of whole-word tokens. Such inputs cannot be told from real Qwen ids. A request is refused
-    as a whole as soon as one of its lists fails, so LangChain's tiktoken ids slip through only when every list
-    of the call round-trips: in practice, calls whose texts are all a token or two long.
-    """
-    again = embedder.tokenizer.encode([embedder.tokenizer.decode(ids) for ids in sequences], 2**62)
-    return next((i for i, (ids, back) in enumerate(zip(sequences, again)) if back[:-1] != ids), None)
-
-
-def _too_long(e: ValueError) -> ApiError:
-    return ApiError(f"{e} (send \"truncate\": true to cut it)", "input", "context_length_exceeded")
+    empty = next((i for i, ids in enumerate(sequences) if not ids), None)
+    if empty is not None:
+        raise ApiError(f"input[{empty}] is an empty token list", "input", "empty_input")
+    try:
+        prepared, _ = jobs.fit(lambda xs, **kw: model.prepare_ids(xs, own=True, **kw), sequences, model.max_length,
+                               truncate=body.truncate)
+    except ApiError as e:
+        if "not a token id" in e.message:
+            raise ApiError(f"{e.message}; {FOREIGN_IDS_FIX}", "input", "invalid_value") from None
+        if "not this model's token ids" in e.message:
+            raise ApiError(f"{e.message}; {FOREIGN_IDS_FIX}", "input", "foreign_token_ids") from None
+        raise
+    return prepared
 
 
 def _encode(vectors: np.ndarray, encoding_format: str, model_id: str, tokens: int, extra: dict) -> bytes:

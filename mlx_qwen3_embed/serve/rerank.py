@@ -2,7 +2,6 @@
 TEI's `POST /rerank`. Each handler checks and tokenizes its request, then hands the pairs to the one BatchWorker.
 """
 
-import asyncio
 import uuid
 from typing import Any, Optional
 
@@ -11,9 +10,11 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
-from ..reranker import Reranker, best_first
+from ..checks import best_first, check_top_n, sigmoid
+from ..contracts import RerankModel
+from . import jobs
 from .errors import COHERE_PATHS, TEI_RERANK_PATH, ApiError
-from .worker import BatchWorker, Job, QueueFull
+from .worker import BatchWorker
 
 RERANK_PATHS = COHERE_PATHS + (TEI_RERANK_PATH,)
 
@@ -41,7 +42,7 @@ class TeiRequest(BaseModel):
     instruction: Optional[StrictStr] = None
 
 
-def add_routes(app: FastAPI, reranker: Optional[Reranker], worker: BatchWorker, metrics, *, model_id: str,
+def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorker, metrics, *, model_id: str,
                max_inputs: int):
     """Register the rerank routes on `app`; without a reranker they answer 404 naming the fix."""
 
@@ -51,24 +52,14 @@ def add_routes(app: FastAPI, reranker: Optional[Reranker], worker: BatchWorker, 
         if reranker is None:
             raise ApiError("this server has no reranker: start it with `mlx-embed serve --reranker MODEL`",
                            code="no_reranker", status=404)
-        if len(documents) > max_inputs:
-            raise ApiError(f"{param} has {len(documents)} items, more than the limit of {max_inputs}: split the "
-                           "request", param, "too_many_inputs")
+        jobs.check_count(len(documents), max_inputs, param)
         try:
-            sequences = await run_in_threadpool(reranker.tokenize, query, documents, instruction=instruction,
-                                                truncate=truncate)
+            sequences = await run_in_threadpool(reranker.prepare_pairs, [(query, d) for d in documents],
+                                                instruction=instruction, truncate=truncate)
         except ValueError as e:  # a query that does not fit, or (TEI without truncate) an over-long pair
-            raise ApiError(str(e), "query" if "query" in str(e) else param, "context_length_exceeded",
-                           status=413 if not truncate else 400) from None
-        try:
-            future = worker.submit(Job(sequences, 1, kind="rerank"))
-        except QueueFull as e:
-            raise ApiError(f"server busy: {e}; retry shortly", code="queue_full", status=429,
-                           kind="rate_limit_error") from None
-        try:
-            logits = await asyncio.wrap_future(future)
-        except Exception as e:  # the model's fault, not the client's
-            raise ApiError(f"reranking failed: {e}", code="internal_error", status=500, kind="server_error") from e
+            raise ApiError(jobs.named(str(e), param), "query" if "query" in str(e) else param,
+                           "context_length_exceeded", status=413 if not truncate else 400) from None
+        logits = await jobs.run(worker, sequences, 1, kind="rerank")
         tokens = sum(len(s) for s in sequences)
         metrics.embedded(len(sequences), tokens)
         return logits[:, 0], tokens
@@ -77,7 +68,7 @@ def add_routes(app: FastAPI, reranker: Optional[Reranker], worker: BatchWorker, 
         top_n = _check_top_n(body.top_n)
         documents = _texts(body.documents, "documents")
         logits, tokens = await scores(body.query, documents, body.instruction, True, "documents")
-        relevance = _sigmoid(logits)
+        relevance = sigmoid(logits)
         keep = body.return_documents if body.return_documents is not None else version == "1"
         results = [{"index": i, "relevance_score": float(relevance[i]),
                     **({"document": {"text": documents[i]}} if keep else {})} for i in best_first(relevance, top_n)]
@@ -98,19 +89,16 @@ def add_routes(app: FastAPI, reranker: Optional[Reranker], worker: BatchWorker, 
     async def tei(body: TeiRequest):
         texts = _texts(body.texts, "texts", objects=False)
         logits, _ = await scores(body.query, texts, body.instruction, bool(body.truncate), "texts")
-        values = logits if body.raw_scores else _sigmoid(logits)
+        values = logits if body.raw_scores else sigmoid(logits)
         return [{"index": i, "score": float(values[i]), **({"text": texts[i]} if body.return_text else {})}
                 for i in best_first(values)]
 
 
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return (1 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
-
-
 def _check_top_n(top_n: Optional[int]) -> Optional[int]:
-    if top_n is not None and top_n < 1:
-        raise ApiError(f"top_n must be at least 1, got {top_n}", "top_n", "invalid_value")
-    return top_n
+    try:
+        return check_top_n(top_n)
+    except ValueError:  # pydantic let only ints through: the value is what is wrong
+        raise ApiError(f"top_n must be at least 1, got {top_n}", "top_n", "invalid_value") from None
 
 
 def _texts(given: list, param: str, objects: bool = True) -> list[str]:

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, StrictBool, StrictInt, StrictStr
 
 from .. import __version__
-from ..embedder import Embedder
+from ..contracts import EmbeddingModel
 from . import jobs, quantized
 from .errors import ApiError
 from .worker import BatchWorker
@@ -38,7 +38,7 @@ class TokenizeRequest(BaseModel):
     prompt_name: Optional[StrictStr] = None
 
 
-def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *, model_id: str, max_inputs: int):
+def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metrics, *, model_id: str, max_inputs: int):
     """Register the TEI routes on `app`."""
 
     async def embed(body: EmbedRequest) -> list[list[Union[float, int]]]:  # ints: compact precisions
@@ -46,8 +46,8 @@ def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *
         dim = _dimensions(body.dimensions, embedder.dim)
         bounds = quantized.check(body.precision, body.ranges, dim, len(texts))
         try:
-            sequences, _ = jobs.tokenize(embedder, texts, prompt_name=body.prompt_name, truncate=body.truncate,
-                                         direction=body.truncation_direction.lower())
+            sequences, _ = jobs.prepare(embedder, texts, prompt_name=body.prompt_name, truncate=body.truncate,
+                                        direction=body.truncation_direction.lower())
         except ApiError as e:
             raise ApiError(f"Input validation error: {e.message}", e.param, e.code, status=413) from None
         vectors = await jobs.run(worker, sequences, dim, body.normalize)
@@ -60,21 +60,12 @@ def add_routes(app: FastAPI, embedder: Embedder, worker: BatchWorker, metrics, *
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
         texts = _texts(body.inputs, max_inputs)
-        if body.prompt_name is not None and body.prompt_name not in embedder.prompts:
-            raise ApiError(f"Input validation error: unknown prompt_name {body.prompt_name!r}: this model has "
-                           f"{', '.join(sorted(embedder.prompts))}", code="invalid_value", status=413)
-        prefix = embedder.prompts[body.prompt_name] if body.prompt_name else ""
-        tokenizer = embedder.tokenizer
-        answer = []
-        for text in texts:
-            text = prefix + text
-            tokens = [{"id": i, "text": text[start:stop], "special": False, "start": start, "stop": stop}
-                      for i, start, stop in tokenizer.pieces(text)]
-            if body.add_special_tokens:  # the model reads every input with one final <|endoftext|>
-                tokens.append({"id": tokenizer.eos_id, "text": tokenizer.decode([tokenizer.eos_id]), "special": True,
-                               "start": None, "stop": None})
-            answer.append(tokens)
-        return answer
+        try:
+            jobs.check_prompt(body.prompt_name, embedder)
+        except ApiError as e:
+            raise ApiError(f"Input validation error: {e.message}", code="invalid_value", status=413) from None
+        return [embedder.tokens(text, prompt_name=body.prompt_name, add_special_tokens=body.add_special_tokens)
+                for text in texts]
 
     @app.get("/info")
     async def info():
@@ -90,9 +81,7 @@ def _texts(inputs: Union[str, list[str]], max_inputs: int) -> list[str]:
     texts = [inputs] if isinstance(inputs, str) else inputs
     if not texts:
         raise ApiError("`inputs` cannot be empty", "inputs", "empty_input")
-    if len(texts) > max_inputs:
-        raise ApiError(f"batch size {len(texts)} > maximum allowed batch size {max_inputs}", "inputs",
-                       "too_many_inputs", status=413)
+    jobs.check_count(len(texts), max_inputs, "inputs", status=413)
     return texts
 
 

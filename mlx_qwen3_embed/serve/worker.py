@@ -1,13 +1,13 @@
-"""The server's model worker: one thread owns the Embedder (and the Reranker, if served) and packs queued requests
-into shared forward passes; one model call holds jobs of one kind.
+"""The server's model worker: one thread owns the embedding model (and the reranker, if served) and packs queued
+requests into shared forward passes; one model call holds jobs of one kind. It sees the models only through
+their contracts (contracts.py): `embed_prepared` and `score_prepared`.
 
-Requests arrive already tokenized (the HTTP handler counts and checks their tokens), so the worker only schedules
+Requests arrive already prepared (the HTTP handler counts and checks their tokens), so the worker only schedules
 and packs. Each model call holds at most `batch_tokens` tokens, taken round-robin from the requests in service:
 many small requests share one forward pass (as in TEI), and a big request is cut into budget-sized chunks, so a
 small request that arrives behind it waits about one chunk, not the big request's whole time, and no request is
-starved by a stream of others. A request whose
-client hung up (its future cancelled) loses its queued and remaining chunks. `Embedder.embed_ids` sorts by length
-and right-pads, so a text's vector does not depend on its neighbours or on how its request was cut.
+starved by a stream of others. A request whose client hung up (its future cancelled) loses its queued and remaining chunks. `embed_prepared` sorts by length and
+right-pads, so a text's vector does not depend on its neighbours or on how its request was cut.
 """
 
 import itertools
@@ -20,9 +20,9 @@ from typing import Optional
 import mlx.core as mx
 import numpy as np
 
+from ..checks import check_finite, check_int
+from ..contracts import EmbeddingModel, RerankModel
 from ..device import check_batch_tokens
-from ..embedder import Embedder
-from ..reranker import Reranker
 from ..pooling import normalize
 from .metrics import Metrics
 
@@ -37,13 +37,13 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)  # identity: a job is one request, whatever it holds
 class Job:
-    """One HTTP request's work: finished token ids (N sequences), the Matryoshka size it asked for, and whether
+    """One HTTP request's work: N prepared inputs (len() = tokens), the Matryoshka size it asked for, and whether
     its vectors are L2-normalised (TEI's normalize=false and Ollama's legacy route want them raw); or, with
-    kind "rerank", tokenized (query, document) pairs whose result is (N, 1) yes - no logits.
+    kind "rerank", prepared (query, document) pairs whose result is (N, 1) yes - no logits.
 
     The future stays pending until the last chunk is done, so a client that hangs up can still cancel it.
     """
-    sequences: list[list[int]]
+    sequences: list  # prepared inputs
     dim: int
     normalize: bool = True
     future: Future = field(default_factory=Future)
@@ -74,7 +74,7 @@ class Chunk:
 
 
 class BatchWorker:
-    """Owns the Embedder; `submit` jobs from any thread, each job's future gets its (N, dim) float32 vectors.
+    """Owns the models; `submit` jobs from any thread, each job's future gets its (N, dim) float32 vectors.
 
     batch_tokens: token budget of one model call (also the padded-token budget of each forward pass inside it);
     a big request is cut into chunks of this size; a single sequence larger than the budget still runs, alone.
@@ -85,15 +85,12 @@ class BatchWorker:
     metrics: where packed calls are counted (the app's; a private one by default).
     """
 
-    def __init__(self, embedder: Optional[Embedder], *, batch_tokens: Optional[int] = None,
+    def __init__(self, embedder: Optional[EmbeddingModel], *, batch_tokens: Optional[int] = None,
                  max_batch_requests: int = 256, max_queue: int = 1024, cache_keep: int = CACHE_KEEP,
-                 reranker: Optional[Reranker] = None, metrics: Optional[Metrics] = None):
-        for name, value in (("max_batch_requests", max_batch_requests), ("max_queue", max_queue)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(cache_keep, bool) or not isinstance(cache_keep, int) or cache_keep < 0:
-            raise ValueError(f"cache_keep must be an int >= 0, got {cache_keep!r}")
-        self.cache_keep = cache_keep
+                 reranker: Optional[RerankModel] = None, metrics: Optional[Metrics] = None):
+        check_int("max_batch_requests", max_batch_requests)
+        check_int("max_queue", max_queue)
+        self.cache_keep = check_int("cache_keep", cache_keep, 0)
         if embedder is None and reranker is None:
             raise ValueError("give an embedder, a reranker or both to serve")
         self.embedder, self.reranker = embedder, reranker
@@ -109,7 +106,7 @@ class BatchWorker:
         self.dropped_inputs = 0    # their inputs that were never run
         self.metrics = metrics or Metrics()
         self.metrics.watch_queue(self.queue.qsize)
-        if embedder is not None and getattr(embedder, "cache", None) is not None:
+        if embedder is not None and embedder.cache is not None:
             self.metrics.watch_cache(embedder.cache)
 
     def submit(self, job: Job) -> Future:
@@ -221,9 +218,9 @@ class BatchWorker:
     def _embed(self, chunks: list[Chunk]):
         sequences = [s for chunk in chunks for s in chunk.sequences]
         if chunks[0].job.kind == "rerank":
-            raw = self.reranker.score_ids(sequences, batch_tokens=self.batch_tokens, raw=True)[:, None]
+            raw = self.reranker.score_prepared(sequences, batch_tokens=self.batch_tokens, raw=True)[:, None]
         else:
-            raw = self.embedder.embed_ids(sequences, normalize=False, batch_tokens=self.batch_tokens)
+            raw = self.embedder.embed_prepared(sequences, normalize=False, batch_tokens=self.batch_tokens)
         self.batches += 1
         self.metrics.batch(len(chunks), len(sequences), sum(chunk.tokens for chunk in chunks))
         start = 0
@@ -236,10 +233,11 @@ class BatchWorker:
                 vectors = np.array(rows)
             else:
                 vectors = np.array(normalize(mx.array(rows)))
-            if not np.isfinite(vectors).all():
-                self._finish(job, error=FloatingPointError(
-                    f"{(self.reranker if job.kind == 'rerank' else self.embedder).name} produced non-finite "
-                    f"{'scores' if job.kind == 'rerank' else 'vectors'}: load it with dtype='float32'"))
+            try:
+                check_finite(vectors, (self.reranker if job.kind == "rerank" else self.embedder).name,
+                             "scores" if job.kind == "rerank" else "vectors")
+            except FloatingPointError as e:
+                self._finish(job, error=e)
                 continue
             if job.vectors is None:
                 job.vectors = np.empty((len(job.sequences), job.dim), np.float32)

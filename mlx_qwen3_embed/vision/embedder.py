@@ -106,7 +106,8 @@ class VLEmbedder:
         limit = self.max_length if max_length is None else check_int("max_length", max_length, 16)
         return [self.prepare(item, i, instruction, limit) for i, item in enumerate(batch)]
 
-    def prepare_ids(self, sequences, *, max_length: Optional[int] = None, truncate: bool = True) -> list:
+    def prepare_ids(self, sequences, *, max_length: Optional[int] = None, truncate: bool = True,
+                    own: bool = False) -> list:
         raise TypeError("a Qwen3-VL model does not read bare token ids (its prompt is a chat template around the "
                         "item, with pixels for image tokens): send text or items")
 
