@@ -17,7 +17,9 @@ from .models.args import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
 from .tokenizer import Tokenizer, apply_prompt, query_prompt, read_prompts
-from .checkpoint.weights import load_model, model_kind, plan_memory, resolve
+from .checkpoint import open_checkpoint
+from .checkpoint.weights import load_model, plan_memory
+from .contracts import EmbeddingModel
 
 Texts = Union[str, Sequence[str]]
 
@@ -240,30 +242,32 @@ def _default_max_length(folder: Path, args: ModelArgs) -> int:
 def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
          dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None, max_length: Optional[int] = None,
          pooling: str = "last", revision: Optional[str] = None, cache_size: int = 0,
-         layer: Optional[int] = None) -> Embedder:
-    """A local folder or hub id -> Embedder. Device choices (dtype, dequantize, batch_tokens) default per device.
+         layer: Optional[int] = None) -> EmbeddingModel:
+    """A local folder or hub id -> an EmbeddingModel (contracts.py). Device choices (dtype, dequantize,
+    batch_tokens) default per device.
 
+    A Qwen3 text checkpoint gives an Embedder; a Qwen3-VL one (model_type qwen3_vl) a vision.embedder.VLEmbedder,
+    which also embeds images and video; `layer` (which hidden state to pool) is for those only.
     cache_size: keep the vectors of the last N distinct inputs (exact token ids + options) and reuse them.
-    A Qwen3-VL checkpoint (model_type qwen3_vl) gives a vl_embedder.VLEmbedder, which also embeds images;
-    `layer` (which hidden state to pool) is for those only.
     """
     _pooling.check(pooling)
     cache = VectorCache(cache_size) if cache_size else None
-    folder = resolve(model, revision)
-    from .checkpoint.vl_weights import model_type
-    if model_type(folder) == "qwen3_vl":
+    checkpoint = open_checkpoint(model, revision)
+    if checkpoint.kind == "qwen3_vl":
         if cache_size:
             raise ValueError("cache_size is for Qwen3 text models; Qwen3-VL items are not cached")
-        from .vision.embedder import load_vl
-        return load_vl(folder, name=str(model), device=device, dtype=dtype, dequantize=dequantize,
-                       batch_tokens=batch_tokens, max_length=max_length, pooling=pooling, layer=layer)
+        from .vision.embedder import load_vl  # only a Qwen3-VL checkpoint imports the vision modules
+
+        return load_vl(checkpoint, device=device, dtype=dtype, dequantize=dequantize, batch_tokens=batch_tokens,
+                       max_length=max_length, pooling=pooling, layer=layer)
     if layer is not None:
         raise ValueError(f"layer= is for Qwen3-VL models; {model} is a Qwen3 text model (it pools the final layer)")
-    if model_kind(folder) == "reranker":
+    if checkpoint.kind == "reranker":
         raise ValueError(f"{model} holds a reranker (Qwen3-Reranker), not an embedding model: load it with "
                          "mlx_qwen3_embed.load_reranker, or give a Qwen3-Embedding folder")
-    device_plan = plan_memory(folder, plan(device, dtype, dequantize, batch_tokens))  # refuses what cannot fit
-    qwen, args = load_model(folder, device_plan)
+    folder, config = checkpoint.folder, checkpoint.config
+    device_plan = plan_memory(folder, plan(device, dtype, dequantize, batch_tokens), config=config)
+    qwen, args = load_model(folder, device_plan, config)
     tokenizer = Tokenizer(folder)
     embedder = Embedder(qwen, tokenizer, args, device_plan, name=str(model), folder=folder,
                         max_length=_default_max_length(folder, args), pooling=pooling, prompts=read_prompts(folder))

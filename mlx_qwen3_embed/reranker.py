@@ -13,7 +13,9 @@ from .models.args import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
 from .tokenizer import DEFAULT_INSTRUCTION, Tokenizer
-from .checkpoint.weights import load_model, model_kind, read_head_rows, resolve
+from .checkpoint import open_checkpoint
+from .checkpoint.weights import load_model, plan_memory, read_head_rows
+from .contracts import RerankModel
 
 # The model card's chat template around each pair; the suffix's empty think block is part of what it was trained on
 PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
@@ -156,14 +158,19 @@ def _check_pairs(pairs) -> list[tuple[str, str]]:
 
 def load_reranker(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
                   dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None,
-                  max_length: Optional[int] = None, revision: Optional[str] = None) -> Reranker:
-    """A local folder or hub id of Qwen3-Reranker (hub or mlx-community layout) -> Reranker. Options as `load`."""
-    folder = resolve(model, revision)
-    if model_kind(folder) == "embedding":
+                  max_length: Optional[int] = None, revision: Optional[str] = None) -> RerankModel:
+    """A local folder or hub id of Qwen3-Reranker (hub or mlx-community layout) -> a RerankModel (contracts.py).
+    Options as `load`."""
+    checkpoint = open_checkpoint(model, revision)
+    if checkpoint.kind == "embedding":
         raise ValueError(f"{model} holds an embedding model (it has sentence-transformers pooling files), not a "
                          "reranker: load it with mlx_qwen3_embed.load, or give a Qwen3-Reranker folder")
-    device_plan = plan(device, dtype, dequantize, batch_tokens)
-    qwen, args = load_model(folder, device_plan)
+    if checkpoint.kind == "qwen3_vl":
+        raise ValueError(f"{model} holds a Qwen3-VL embedding model, not a reranker: load it with "
+                         "mlx_qwen3_embed.load, or give a Qwen3-Reranker folder")
+    folder, config = checkpoint.folder, checkpoint.config
+    device_plan = plan_memory(folder, plan(device, dtype, dequantize, batch_tokens), config=config)
+    qwen, args = load_model(folder, device_plan, config)
     tokenizer = Tokenizer(folder)
     ids = []
     for token in ("no", "yes"):

@@ -1,1 +1,49 @@
-"""Model folders: a folder or hub id resolved once, its config, kind and tensors read from there."""
+"""Model folders: a folder or hub id resolved once, its config.json and kind read once (`open_checkpoint`), then
+passed down to whatever loads, describes or converts it (load, load_reranker, info, convert, verify)."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .weights import model_kind, resolve
+
+KINDS = ("embedding", "reranker", "qwen3_vl")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One resolved model folder and what it holds."""
+    name: str          # as the caller gave it: a hub id or a folder
+    folder: Path       # where its files are (the hub cache's snapshot for a hub id)
+    config: dict       # config.json
+    kind: Optional[str]  # "embedding", "reranker" (Qwen3 text decoders), "qwen3_vl", or None: nothing tells
+
+    @property
+    def model_type(self) -> str:
+        return self.config.get("model_type", "")
+
+
+def open_checkpoint(model, revision: Optional[str] = None, *, weights: bool = True) -> Checkpoint:
+    """A folder or hub id -> Checkpoint (weights=False: a hub id's config and tokenizer files only)."""
+    folder = resolve(model, revision, weights=weights)
+    config = read_config_json(folder)
+    if config.get("model_type") == "qwen3_vl":
+        kind = "qwen3_vl"
+    else:
+        kind = model_kind(folder, config)
+    return Checkpoint(str(model), folder, config, kind)
+
+
+def read_config_json(folder: Path) -> dict:
+    """config.json of `folder` as a dict, or an error naming the file and the fix."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {folder}: is this a model folder?")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not JSON ({e}): the download is damaged; delete it and download again") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a JSON object: not a model config")
+    return config

@@ -2,12 +2,13 @@
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import mlx.core as mx
 
 from ..device import DevicePlan
 from ..models.qwen3_vl import Qwen3VL, VLArgs
-from .weights import load_weights, read_tensors
+from .weights import load_weights, plan_memory, read_tensors, stored_bytes, stored_dtype_size
 
 
 def model_type(folder: Path) -> str:
@@ -16,11 +17,14 @@ def model_type(folder: Path) -> str:
     return json.loads(path.read_text()).get("model_type", "") if path.is_file() else ""
 
 
-def read_vl_config(folder: Path) -> VLArgs:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {folder}: is this a model folder?")
-    config = json.loads(path.read_text())
+def read_vl_config(folder: Path, config: Optional[dict] = None) -> VLArgs:
+    """The numbers of a Qwen3-VL checkpoint: from `config` (config.json already read) or the file."""
+    if config is None:
+        path = folder / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no config.json in {folder}: is this a model folder?")
+        config = json.loads(path.read_text())
+    config = dict(config)
     if isinstance(config.get("quantization"), dict):  # mlx-vlm names per-module overrides by its own keys
         config["quantization"] = {_hub_key(k): v for k, v in config["quantization"].items()}
     return VLArgs.from_dict(config)
@@ -54,9 +58,23 @@ def clean_keys(tensors: dict[str, mx.array]) -> dict[str, mx.array]:
     return out
 
 
-def load_vl_model(folder: Path, plan: DevicePlan) -> tuple[Qwen3VL, VLArgs]:
-    """Build the Qwen3VL of `folder` and load its weights, dequantized or not as `plan` says."""
-    args = read_vl_config(folder)
+VISION_KEYS = ("visual.", "vision_tower.")  # the vision tower's tensors, in the hub's and mlx-vlm's layouts
+
+
+def plan_vl_memory(folder: Path, plan: DevicePlan, config: dict, args: VLArgs) -> DevicePlan:
+    """`plan` fitted to the memory left (weights.plan_memory): the decoder from its config, plus the vision
+    tower as stored (its headers), scaled to the compute dtype when it is dequantized."""
+    vision = stored_bytes(folder, VISION_KEYS)
+    planned = vision if plan.upcast else vision * plan.dtype.size // stored_dtype_size(config)
+    if args.quantization and plan.dequantize:  # an 8-bit tower dequantized: about 1 byte a weight -> compute dtype
+        planned = vision * plan.dtype.size
+    return plan_memory(folder, plan, config=config, args=args.text, extra=(planned, vision))
+
+
+def load_vl_model(folder: Path, plan: DevicePlan, config: Optional[dict] = None) -> tuple[Qwen3VL, VLArgs]:
+    """Build the Qwen3VL of `folder` and load its weights, dequantized or not as `plan` says (fitted to the
+    memory already: plan_vl_memory). config: config.json already read."""
+    args = read_vl_config(folder, config)
     tensors = clean_keys(read_tensors(folder))
     model = Qwen3VL(args, plan.kernels)
     load_weights(model, tensors, args.text, plan, folder)  # args.text carries the quantization block

@@ -55,11 +55,19 @@ def has_weights(folder: Path) -> bool:
     return any(folder.glob("*.safetensors"))
 
 
-def read_config(folder: Path) -> ModelArgs:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {folder}: is this a model folder?")
-    return ModelArgs.from_dict(json.loads(path.read_text()))
+def read_config(folder: Path, config: Optional[dict] = None) -> ModelArgs:
+    """The decoder's numbers: from `config` (config.json already read, see checkpoint.open_checkpoint) or the file."""
+    if config is None:
+        path = folder / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no config.json in {folder}: is this a model folder?")
+        config = json.loads(path.read_text())
+    return ModelArgs.from_dict(config)
+
+
+def stored_dtype_size(config: dict) -> int:
+    """Bytes per stored float of a checkpoint, from config.json's torch_dtype (transformers < 5) or dtype."""
+    return ITEMSIZE.get(config.get("torch_dtype") or config.get("dtype"), 2)
 
 
 def read_tensors(folder: Path) -> dict[str, mx.array]:
@@ -176,21 +184,23 @@ def memory_need(args: ModelArgs, plan: DevicePlan, storage: int = 2) -> tuple[in
     return planned, stored, block + plan.batch_tokens * per_token + GB
 
 
-def plan_memory(folder: Path, plan: DevicePlan, available: Optional[int] = None) -> DevicePlan:
+def plan_memory(folder: Path, plan: DevicePlan, available: Optional[int] = None, config: Optional[dict] = None,
+                args: Optional[ModelArgs] = None, extra: tuple[int, int] = (0, 0)) -> DevicePlan:
     """`plan` as it fits the memory left for the checkpoint at `folder` (device.fit_memory): may switch to
-    keeping the stored weights (plan.upcast); raises MemoryError, reading no weights, when nothing fits."""
-    args = read_config(folder)
-    config = json.loads((folder / "config.json").read_text())
-    storage = ITEMSIZE.get(config.get("torch_dtype") or config.get("dtype"), 2)
-    planned, stored, working = memory_need(args, plan, storage)
-    return fit_memory(plan, planned, stored, working, available, name=str(folder))
+    keeping the stored weights (plan.upcast); raises MemoryError, reading no weights, when nothing fits.
+    args: the decoder's numbers (default: config.json's); extra: (planned, stored) bytes beside the decoder
+    (a Qwen3-VL vision tower)."""
+    if config is None:
+        config = json.loads((folder / "config.json").read_text())
+    args = args or read_config(folder, config)
+    planned, stored, working = memory_need(args, plan, stored_dtype_size(config))
+    return fit_memory(plan, planned + extra[0], stored + extra[1], working, available, name=str(folder))
 
 
-def load_model(folder: Path, plan: DevicePlan) -> tuple[Qwen3, ModelArgs]:
-    """Build the Qwen3 of `folder` and load its weights, dequantized or not as `plan` says; refused with a
-    MemoryError before any weight is read when it cannot fit (plan_memory, which may choose plan.upcast)."""
-    plan = plan_memory(folder, plan)
-    args = read_config(folder)
+def load_model(folder: Path, plan: DevicePlan, config: Optional[dict] = None) -> tuple[Qwen3, ModelArgs]:
+    """Build the Qwen3 of `folder` and load its weights, dequantized or not as `plan` says (already fitted to
+    the memory by plan_memory, which may choose plan.upcast). config: config.json already read."""
+    args = read_config(folder, config)
     tensors = read_tensors(folder)
     model = Qwen3(args, plan.kernels)
     load_weights(model, tensors, args, plan, folder)
@@ -264,18 +274,29 @@ def tensor_names(folder: Path) -> set[str]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         return set(json.loads(index.read_text())["weight_map"])
-    names = set()
+    return set(tensor_table(folder))
+
+
+def tensor_table(folder: Path) -> dict[str, dict]:
+    """Every stored tensor's header entry ({"dtype", "shape", "data_offsets"}), read from the file headers only."""
+    table = {}
     for f in safetensors_files(folder):
         with open(f, "rb") as fh:
             size = int.from_bytes(fh.read(8), "little")
-            names |= set(json.loads(fh.read(size))) - {"__metadata__"}
-    return names
+            table |= {k: v for k, v in json.loads(fh.read(size)).items() if k != "__metadata__"}
+    return table
+
+
+def stored_bytes(folder: Path, contains: tuple[str, ...]) -> int:
+    """Bytes the checkpoint stores for the tensors whose name contains one of `contains` (headers only)."""
+    return sum(end - start for key, entry in tensor_table(folder).items() if any(c in key for c in contains)
+               for start, end in [entry["data_offsets"]])
 
 
 KIND_KEY = "mlx_qwen3_embed_kind"  # config.json key `convert` writes for a reranker (the decoder's config is alike)
 
 
-def model_kind(folder: Path) -> Optional[str]:
+def model_kind(folder: Path, config: Optional[dict] = None) -> Optional[str]:
     """What a Qwen3 folder holds: "embedding", "reranker", or None when nothing in it tells.
 
     Both kinds are the same decoder with the same config.json (architectures Qwen3ForCausalLM), so the rule looks
@@ -290,7 +311,7 @@ def model_kind(folder: Path) -> Optional[str]:
     5. The folder's name (a hub id's repository name for the hub cache) contains "rerank": "reranker"; "embed":
        "embedding" (mlx-community/Qwen3-Reranker-0.6B-4bit has a tied head and no sentence-transformers files).
     """
-    marked = _json(folder / "config.json").get(KIND_KEY)
+    marked = (config if config is not None else _json(folder / "config.json")).get(KIND_KEY)
     if marked in ("embedding", "reranker"):
         return marked
     modules = folder / "modules.json"

@@ -24,7 +24,8 @@ from ..batching import run_batches
 from ..device import DevicePlan, check_batch_tokens, plan
 from ..models.qwen3_vl import MRows, Qwen3VL, VLArgs
 from ..tokenizer import read_tokenizer
-from ..checkpoint.vl_weights import load_vl_model
+from ..checkpoint import Checkpoint
+from ..checkpoint.vl_weights import load_vl_model, plan_vl_memory, read_vl_config
 
 DEFAULT_VL_INSTRUCTION = "Represent the user's input."
 MAX_LENGTH = 8192  # the recipe's
@@ -302,14 +303,17 @@ def _check_items(items: Any) -> list:
     return list(items)
 
 
-def load_vl(folder: Path, *, name: str, device: Optional[str] = None, dtype: Optional[str] = None,
+def load_vl(checkpoint: Checkpoint, *, device: Optional[str] = None, dtype: Optional[str] = None,
             dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None,
             max_length: Optional[int] = None, pooling: str = "last", layer: Optional[int] = None) -> VLEmbedder:
-    """A Qwen3-VL model folder -> VLEmbedder (called by `mlx_qwen3_embed.load` for model_type qwen3_vl)."""
+    """A Qwen3-VL checkpoint -> VLEmbedder (called by `mlx_qwen3_embed.load` for model_type qwen3_vl); refused
+    with a MemoryError before any weight is read when it cannot fit."""
     _pooling.check(pooling)
-    device_plan = plan(device, dtype, dequantize, batch_tokens)
-    model, args = load_vl_model(folder, device_plan)
     if max_length is not None:
         check_int("max_length", max_length, 16)
-    return VLEmbedder(model, folder, args, device_plan, name=name, max_length=max_length or MAX_LENGTH,
+    folder, config = checkpoint.folder, checkpoint.config
+    args = read_vl_config(folder, config)
+    device_plan = plan_vl_memory(folder, plan(device, dtype, dequantize, batch_tokens), config, args)
+    model, args = load_vl_model(folder, device_plan, config)
+    return VLEmbedder(model, folder, args, device_plan, name=checkpoint.name, max_length=max_length or MAX_LENGTH,
                       pooling=pooling, layer=layer)
