@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .embedder import Embedder
+from .contracts import EmbeddingModel
 from .tokenizer import DEFAULT_INSTRUCTION
 
 QUERIES = ["What is the capital of China?", "Explain gravity"]
@@ -41,7 +41,7 @@ class Verdict:
         return self.max_error <= self.tolerance
 
 
-def verify(embedder: Embedder, *, tolerance: float = TOLERANCE,
+def verify(embedder: EmbeddingModel, *, tolerance: float = TOLERANCE,
            expected: Optional[Sequence[Sequence[float]]] = None) -> Verdict:
     """Embed the card's example and compare with its matrix (or `expected`, a 2x2 list, for other checkpoints)."""
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
@@ -59,4 +59,4 @@ def verify(embedder: Embedder, *, tolerance: float = TOLERANCE,
         raise ValueError(f"expected must be a 2x2 matrix (queries x documents), got shape {expected.shape}")
     queries = embedder.embed(QUERIES, instruction=DEFAULT_INSTRUCTION)
     documents = embedder.embed(DOCUMENTS)
-    return Verdict(card, Embedder.similarity(queries, documents).astype(np.float64), expected, float(tolerance))
+    return Verdict(card, (queries @ documents.T).astype(np.float64), expected, float(tolerance))

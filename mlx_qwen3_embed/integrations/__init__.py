@@ -8,10 +8,11 @@ without, as Qwen3-Embedding was trained; vectors are the library's, unchanged.
 
 from typing import Union
 
-from ..embedder import Embedder, load
+from ..contracts import EmbeddingModel
+from ..embedder import load
 
 
-def embedder_of(model: Union[str, Embedder], **load_options) -> Embedder:
-    """An Embedder given, or one loaded from a folder or hub id with `load_options` (device, dtype, ...)."""
-    return model if isinstance(model, Embedder) else load(model, **load_options)
+def embedder_of(model: Union[str, EmbeddingModel], **load_options) -> EmbeddingModel:
+    """An EmbeddingModel given, or one loaded from a folder or hub id with `load_options` (device, dtype, ...)."""
+    return model if isinstance(model, EmbeddingModel) else load(model, **load_options)
 

@@ -4,7 +4,7 @@ from typing import Any, Optional, Union
 
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 
-from ..embedder import Embedder
+from ..contracts import EmbeddingModel
 from . import embedder_of
 
 
@@ -12,7 +12,7 @@ class MLXEmbeddingFunction(EmbeddingFunction[Documents]):
     """`MLXEmbeddingFunction("Qwen/Qwen3-Embedding-0.6B")`: documents through __call__, queries through
     embed_query (with `instruction`, else the checkpoint's query prompt); (dim,) float32 arrays."""
 
-    def __init__(self, model: Union[str, Embedder], *, instruction: Optional[str] = None, dim: Optional[int] = None,
+    def __init__(self, model: Union[str, EmbeddingModel], *, instruction: Optional[str] = None, dim: Optional[int] = None,
                  **load_options):
         self.embedder = embedder_of(model, **load_options)
         self.instruction, self.dim = instruction, dim

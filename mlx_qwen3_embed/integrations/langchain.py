@@ -7,8 +7,8 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.embeddings import Embeddings
 from pydantic import ConfigDict
 
-from ..embedder import Embedder
-from ..reranker import Reranker, load_reranker
+from ..contracts import EmbeddingModel, RerankModel
+from ..reranker import load_reranker
 from . import embedder_of
 
 
@@ -16,7 +16,7 @@ class MLXEmbeddings(Embeddings):
     """`MLXEmbeddings("Qwen/Qwen3-Embedding-0.6B")`: embed_documents (N texts -> N lists of dim floats) and
     embed_query (one text -> dim floats, with `instruction` or the checkpoint's query prompt)."""
 
-    def __init__(self, model: Union[str, Embedder], *, instruction: Optional[str] = None, dim: Optional[int] = None,
+    def __init__(self, model: Union[str, EmbeddingModel], *, instruction: Optional[str] = None, dim: Optional[int] = None,
                  **load_options):
         self.embedder = embedder_of(model, **load_options)
         self.instruction, self.dim = instruction, dim
@@ -33,13 +33,13 @@ class MLXReranker(BaseDocumentCompressor):
     first, each with metadata["relevance_score"] = P("yes") (for a ContextualCompressionRetriever)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
-    reranker: Reranker
+    reranker: RerankModel
     top_n: Optional[int] = 3
     instruction: Optional[str] = None
 
-    def __init__(self, model: Union[str, Reranker, None] = None, **kwargs: Any):
+    def __init__(self, model: Union[str, RerankModel, None] = None, **kwargs: Any):
         if model is not None:
-            kwargs["reranker"] = model if isinstance(model, Reranker) else load_reranker(model)
+            kwargs["reranker"] = model if isinstance(model, RerankModel) else load_reranker(model)
         super().__init__(**kwargs)
 
     def compress_documents(self, documents: Sequence[Document], query: str, callbacks: Any = None) -> list[Document]:

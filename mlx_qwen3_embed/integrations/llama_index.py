@@ -8,8 +8,8 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from pydantic import PrivateAttr
 
-from ..embedder import Embedder
-from ..reranker import Reranker, load_reranker
+from ..contracts import EmbeddingModel, RerankModel
+from ..reranker import load_reranker
 from . import embedder_of
 
 
@@ -19,9 +19,9 @@ class MLXEmbedding(BaseEmbedding):
 
     instruction: Optional[str] = None
     dim: Optional[int] = None
-    _embedder: Embedder = PrivateAttr()
+    _embedder: EmbeddingModel = PrivateAttr()
 
-    def __init__(self, model: Union[str, Embedder], *, instruction: Optional[str] = None, dim: Optional[int] = None,
+    def __init__(self, model: Union[str, EmbeddingModel], *, instruction: Optional[str] = None, dim: Optional[int] = None,
                  load_options: Optional[dict] = None, **kwargs: Any):
         embedder = embedder_of(model, **(load_options or {}))
         super().__init__(model_name=embedder.name, instruction=instruction, dim=dim, **kwargs)
@@ -53,11 +53,11 @@ class MLXRerank(BaseNodePostprocessor):
 
     top_n: Optional[int] = 2
     instruction: Optional[str] = None
-    _reranker: Reranker = PrivateAttr()
+    _reranker: RerankModel = PrivateAttr()
 
-    def __init__(self, model: Union[str, Reranker], **kwargs: Any):
+    def __init__(self, model: Union[str, RerankModel], **kwargs: Any):
         super().__init__(**kwargs)
-        self._reranker = model if isinstance(model, Reranker) else load_reranker(model)
+        self._reranker = model if isinstance(model, RerankModel) else load_reranker(model)
 
     @classmethod
     def class_name(cls) -> str:
