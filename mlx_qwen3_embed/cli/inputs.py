@@ -1,10 +1,12 @@
-"""Texts from command-line arguments, a file or stdin."""
+"""Inputs from command-line arguments, a file or stdin: texts, one per line, or JSON Lines whose records are texts
+or (with "image", "video" or "instruction") Qwen3-VL items, as corpus jobs read them (corpus/files.py)."""
 
 import sys
 
 
-def read_texts(arguments: list[str], file: str | None, jsonl: bool) -> list[str]:
-    """Texts from the arguments, a file or stdin ('-', or a pipe when nothing else is given)."""
+def read_texts(arguments: list[str], file: str | None, jsonl: bool) -> list:
+    """Texts (and, from JSON Lines, items) from the arguments, a file or stdin ('-', or a pipe when nothing else is
+    given). Item paths are kept as written: relative ones are read from the current folder."""
     if arguments and file is not None:
         raise ValueError("give texts as arguments or --file, not both")
     if arguments == ["-"]:
@@ -38,10 +40,11 @@ def read_texts(arguments: list[str], file: str | None, jsonl: bool) -> list[str]
     return texts
 
 
-def parse_jsonl(content: str, name: str) -> list[str]:
-    from ..textio import jsonl_records
+def parse_jsonl(content: str, name: str) -> list:
+    from ..corpus.files import record_input
+    from ..textio import json_lines
 
-    texts = [record["text"] for _, record in jsonl_records(content, name)]
+    texts = [record_input(record, "text", name, number) for number, record in json_lines(content, name)]
     if not texts:
         raise ValueError(f"no texts in {name}: it is empty")
     return texts

@@ -1,25 +1,35 @@
-"""Identical texts across a whole corpus job: each text's 16-byte digest -> the row of its first occurrence, kept in
-two sorted numpy arrays so a duplicate anywhere in the job copies that row instead of being embedded again.
+"""Identical inputs across a whole corpus job: each text's (or Qwen3-VL item's) 16-byte digest -> the row of its
+first occurrence, kept in two sorted numpy arrays so a duplicate anywhere in the job copies that row instead of
+being embedded again.
 
 Memory: 24 bytes per distinct text (a 16-byte blake2b digest + an int64 row), so 24 MB at 1M distinct texts and
 240 MB at 10M, plus a transient copy of the same size while a window's new digests are merged in; the vectors
 themselves stay on disk in the job's parts. Collisions: 128-bit digests, about 1e-27 odds of one among 1M texts.
-The key is the text alone: the prompt (instruction) is one per job, part of the options a resumed job must repeat.
+The key is the text alone, or an item's JSON with sorted keys (its image paths as written, not the pixels): the
+prompt (instruction) is one per job, part of the options a resumed job must repeat.
 """
 
 import hashlib
-from typing import Iterable
+import json
+from typing import Iterable, Union
 
 import numpy as np
 
 DIGEST = np.dtype("S16")  # fixed-width bytes sort and search lexicographically; all 16 bytes are kept
 
 
-def digests(texts: Iterable[str]) -> np.ndarray:
-    """Texts -> (N,) S16 blake2b digests of their exact UTF-8 bytes (a lone surrogate is hashed, not refused:
-    the tokenizer's own error about it comes later)."""
-    return np.array([hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest() for t in texts],
-                    dtype=DIGEST)
+def digests(inputs: Iterable[Union[str, dict]]) -> np.ndarray:
+    """Texts or items -> (N,) S16 blake2b digests of their exact UTF-8 bytes (a lone surrogate is hashed, not
+    refused: the tokenizer's own error about it comes later); an item hashes its sorted-keys JSON under its own
+    `person`, so it never shares a key with a text that happens to read like its JSON."""
+    return np.array([_digest(value) for value in inputs], dtype=DIGEST)
+
+
+def _digest(value: Union[str, dict]) -> bytes:
+    if isinstance(value, str):
+        return hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    key = json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(key, digest_size=16, person=b"item").digest()
 
 
 class Seen:

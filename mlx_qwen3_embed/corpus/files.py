@@ -1,21 +1,39 @@
-"""Corpus files in and out: txt / jsonl / parquet records streamed with their ids, and the final output written
-from a job's parts (npy / jsonl / parquet) without holding the corpus in memory."""
+"""Corpus files in and out: txt / jsonl / parquet records streamed with their ids, and the one writer per output
+format (npy / jsonl / parquet, chosen by the suffix) that corpus jobs and `mlx-embed embed -o` share: a job's
+output is written from its parts without holding the corpus in memory."""
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ..textio import jsonl_records
+from .. import atomic
+from ..textio import json_lines
 
 INPUT_FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 OUTPUT_FORMATS = {".npy": "npy", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+ITEM_KEYS = ("image", "video", "instruction")  # a jsonl record holding one of these is a Qwen3-VL item
 Id = Union[int, str]
+Input = Union[str, dict]  # a text, or a Qwen3-VL item {"text", "image", "video", "instruction"}
+
+
+def record_input(record: object, text_field: str, name: str, number: int) -> Input:
+    """One JSON Lines record -> what a model embeds: its `text_field` string, or, when the record has an "image",
+    "video" or "instruction", the item of those keys and its text as "text" (other fields, ids among them, stay
+    out). Item paths are kept as written: a relative one is read from the current folder, as the library reads it.
+    A text model refuses an item (its prepare_inputs names it); ValueError naming `name` and the line otherwise."""
+    if isinstance(record, dict) and any(key in record for key in ITEM_KEYS):
+        item = {key: record[key] for key in ITEM_KEYS if key in record}
+        if text_field in record:
+            item["text"] = record[text_field]
+        return item
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str) or not record[text_field]:
+        raise ValueError(f"{name} line {number} has no non-empty string {text_field!r} field: "
+                         f"write {{\"{text_field}\": \"...\"}}")
+    return record[text_field]
 
 
 @dataclass
@@ -27,7 +45,8 @@ class Scan:
 
 
 class Source:
-    """A corpus file: yields (id, text) in file order; ids from `id_field`, else the 0-based line (row) number."""
+    """A corpus file: yields (id, input) in file order; ids from `id_field`, else the 0-based line (row) number.
+    An input is a text (each txt line, each parquet `text_field` value) or, in jsonl, what record_input makes."""
 
     def __init__(self, path: Union[str, Path], *, text_field: str = "text", id_field: Optional[str] = None,
                  format: Optional[str] = None):
@@ -63,8 +82,8 @@ class Source:
             self._check_unique(np.array(id_hashes, dtype=np.uint64))
         return Scan(count, self.skipped, digest.hexdigest())
 
-    def records(self) -> Iterator[tuple[Id, str]]:
-        """(id, text) for each record to embed, in file order; blank lines of a txt file are skipped (counted)."""
+    def records(self) -> Iterator[tuple[Id, Input]]:
+        """(id, input) for each record to embed, in file order; blank lines of a txt file are skipped (counted)."""
         self.skipped = 0
         if self.format == "parquet":
             yield from self._parquet_records()
@@ -72,8 +91,9 @@ class Source:
         try:
             with open(self.path, encoding="utf-8", newline="") as f:
                 if self.format == "jsonl":
-                    for number, record in jsonl_records(f, str(self.path), self.text_field):
-                        yield self._record_id(record, number), record[self.text_field]
+                    for number, record in json_lines(f, str(self.path)):
+                        value = record_input(record, self.text_field, str(self.path), number)
+                        yield self._record_id(record, number), value
                     return
                 for number, line in enumerate(f):
                     text = line.removesuffix("\n").removesuffix("\r")
@@ -139,15 +159,17 @@ def _id_hash(ident: Id) -> int:
 
 
 def output_format(path: Union[str, Path]) -> str:
+    """An output's format from its suffix, case-insensitive: npy, jsonl or parquet."""
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
-        raise ValueError(f"a corpus job writes .npy, .jsonl or .parquet, got {Path(path).name!r}")
+        raise ValueError(f"the output's suffix chooses its format: it writes .npy, .jsonl or .parquet, "
+                         f"got {Path(path).name!r}")
     return OUTPUT_FORMATS[suffix]
 
 
 def sidecars(output: Path) -> dict[str, Path]:
-    """Files written next to the output: the job's metadata (precision, int8 ranges; parquet keeps it inside) and
-    the ids beside a .npy: x.npy -> x.npy.meta.json, x.ids.jsonl."""
+    """Files a corpus job writes next to its output: the job's metadata (precision, int8 ranges; parquet keeps it
+    inside) and the ids beside a .npy: x.npy -> x.npy.meta.json, x.ids.jsonl."""
     format = output_format(output)
     files = {"meta": Path(f"{output}.meta.json")} if format != "parquet" else {}
     if format == "npy":
@@ -155,68 +177,71 @@ def sidecars(output: Path) -> dict[str, Path]:
     return files
 
 
-def write_output(output: Path, parts: list[Path], ids: Iterator[Id], count: int, meta: dict) -> None:
-    """Parts ((n_i, width) arrays, in order) + ids -> the output and its sidecars, each via a temporary file and a
-    rename; the output itself is renamed last, so it stands only once everything is written."""
-    format = output_format(output)
+def write_output(output: Path, parts: list[Path], ids: Iterator[Id], meta: dict) -> None:
+    """A corpus job's parts ((n_i, width) .npy files, in order) + ids -> the output and its sidecars, each via a
+    temporary file and a rename; the output itself is renamed last, so it stands only once everything is written."""
     extra = sidecars(output)
     if "meta" in extra:
-        _atomic(extra["meta"], lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    first = np.load(parts[0], mmap_mode="r")
-    width, dtype = first.shape[1], first.dtype
-    if format == "npy":
-        _atomic(extra["ids"], lambda f: f.writelines(json.dumps(i).encode() + b"\n" for i in ids))
+        atomic.write_file(extra["meta"], lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    if "ids" in extra:  # a .npy holds the vectors alone
+        atomic.write_file(extra["ids"], lambda f: f.writelines(json.dumps(i).encode() + b"\n" for i in ids))
+    vectors = [np.load(part, mmap_mode="r") for part in parts]  # read part by part as they are written
+    write_vectors(output, vectors, {"id": ids}, meta)
 
-        def npy(f):
+
+def write_vectors(path: Path, parts: Sequence[np.ndarray], columns: dict[str, Iterator],
+                  meta: Optional[dict] = None) -> None:
+    """(n_i, width) arrays, in order -> `path` in the format its suffix names, atomically (atomic.write_file).
+
+    columns: values per row (a job's "id"; the CLI's "index" and "tokens"): a jsonl line is {first column,
+    "embedding", the others}, a parquet table has the columns and "embedding" (FixedSizeList) with `meta` in its
+    schema; a .npy holds the vectors alone. Only one part is in memory at a time.
+    """
+    format = output_format(path)
+    if format == "npy":
+        def write(f):
+            count, (_, width), dtype = sum(map(len, parts)), parts[0].shape, parts[0].dtype
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                      "fortran_order": False, "shape": (count, width)})
             for part in parts:
-                f.write(np.ascontiguousarray(np.load(part)).tobytes())
-        _atomic(output, npy)
+                f.write(np.ascontiguousarray(part).tobytes())
     elif format == "jsonl":
-        def jsonl(f):
+        def write(f):
             for part in parts:
-                for vector in np.load(part):
-                    f.write(json.dumps({"id": next(ids), "embedding": vector.tolist()}).encode() + b"\n")
-        _atomic(output, jsonl)
+                f.writelines(line.encode() for line in jsonl_lines(part, columns))
     else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        def parquet(f):
-            writer = None
-            for part in parts:
-                vectors = np.load(part)
-                column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), width)
-                table = pa.table({"id": [next(ids) for _ in range(len(vectors))], "embedding": column})
-                if writer is None:
-                    schema = table.schema.with_metadata({"mlx_qwen3_embed": json.dumps(meta)})
-                    writer = pq.ParquetWriter(f, schema)
-                writer.write_table(table.replace_schema_metadata(schema.metadata))
-            writer.close()
-        _atomic(output, parquet)
+        def write(f):
+            _write_parquet(f, parts, columns, meta)
+    atomic.write_file(path, write)
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def jsonl_lines(vectors: np.ndarray, columns: dict[str, Iterator]) -> Iterator[str]:
+    """(n, width) vectors -> n JSON lines {first column, "embedding", the other columns}, each ending in "\\n";
+    takes the next n values of each column."""
+    names = list(columns)
+    for vector in vectors:
+        values = {name: next(columns[name]) for name in names}
+        row = {names[0]: values.pop(names[0]), "embedding": vector.tolist(), **values}
+        yield json.dumps(row) + "\n"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _write_parquet(f, parts: Iterable[np.ndarray], columns: dict[str, Iterator], meta: Optional[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    for part in parts:
+        width = part.shape[1]
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(part).reshape(-1)), width)
+        values = {name: [next(column) for _ in range(len(part))] for name, column in columns.items()}
+        table = pa.table({**values, "embedding": embedding})
+        if writer is None:
+            schema = table.schema.with_metadata({"mlx_qwen3_embed": json.dumps(meta)}) if meta else table.schema
+            writer = pq.ParquetWriter(f, schema)
+        writer.write_table(table.replace_schema_metadata(schema.metadata))
+    writer.close()
 
 
-def save_atomic(path: Path, array: np.ndarray) -> None:
+def save_part(path: Path, array: np.ndarray) -> None:
     """One part of a job: written whole or not at all (a kill -9 leaves a temporary file, never a short part)."""
-    _atomic(path, lambda f: np.save(f, array))
+    atomic.write_file(path, lambda f: np.save(f, array))

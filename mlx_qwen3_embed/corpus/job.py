@@ -1,27 +1,29 @@
-"""Corpus jobs: a file of texts -> one output of vectors, streamed in bounded windows, resumable after any kill,
-split across the ranks of `mlx.launch` and gathered to rank 0 through mx.distributed.
+"""Corpus jobs: a file of texts (or, for Qwen3-VL, items) -> one output of vectors, streamed in bounded windows,
+resumable after any kill, split across the ranks of `mlx.launch` and gathered to rank 0 through mx.distributed.
+Written against the contract (contracts.EmbeddingModel): any model kind runs the same job.
 
 The job keeps its progress in a folder beside the output (`.NAME.job/`): state.json (what the job is: input
 digest, options, int8 ranges) and one .npy per finished window, each written whole or not at all. A rerun with the
 same input and options continues after the last finished window; the output appears (by rename) only when done.
-Identical texts are embedded once per job: a duplicate copies its first occurrence's row (corpus_dedup.py).
+Identical inputs are embedded once per job: a duplicate copies its first occurrence's row (dedup.py).
 """
 
 import json
 import shutil
-from contextlib import contextmanager
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
 
+from .. import atomic
 from .. import pooling as _pooling
 from .. import precision as _precision
+from ..contracts import EmbeddingModel
 from .dedup import Seen, digests
-from .files import Source, output_format, save_atomic, sidecars, write_output
-from ..embedder import Embedder
+from .files import Source, output_format, save_part, sidecars, write_output
 
 WINDOW_SECONDS = 10.0  # a window's target duration: a kill loses at most about this much work
 FIRST_WINDOW = 256     # texts in the first window; it also fixes the int8/uint8 ranges, so not too few
@@ -54,22 +56,27 @@ class Summary:
     duplicates: int = 0  # records of this run not embedded: an identical text earlier in the job gave its vector
 
 
-def embed_corpus(embedder: Embedder, input: Union[str, Path], output: Union[str, Path], *,
+def embed_corpus(embedder: EmbeddingModel, input: Union[str, Path], output: Union[str, Path], *,
                  text_field: str = "text", id_field: Optional[str] = None, precision: str = "float32",
                  overwrite: bool = False, instruction: Optional[str] = None, prompt_name: Optional[str] = None,
                  prompt: Optional[str] = None, dim: Optional[int] = None, normalize: bool = True,
-                 truncate: bool = True, pooling: Optional[str] = None, batch_tokens: Optional[int] = None,
+                 truncate: bool = True, batch_tokens: Optional[int] = None,
                  progress: Optional[Callable[[Progress], None]] = None, window_seconds: float = WINDOW_SECONDS,
                  group=None) -> Summary:
     """Embed every record of `input` (.txt one per line, .jsonl, .parquet) into `output` (.npy, .jsonl, .parquet).
+
+    A record is a text, or a jsonl line with "image", "video" or "instruction" is a Qwen3-VL item (its text from
+    `text_field`; files.record_input): relative image and video paths are read from the current folder, as
+    `embed` reads them. A text model refuses an item with an error naming its id.
+    prompt: a raw prefix before every text, the text Embedder's option (prepare below).
 
     Output rows follow input order: (N, dim) at `precision` (binary/ubinary: (N, dim/8)); ids from `id_field`, else
     the 0-based line (row) number: a column in parquet, a field in jsonl, NAME.ids.jsonl beside a .npy. NAME.meta.json
     (or the parquet metadata) records precision and int8/uint8 ranges. Under `mlx.launch` every rank calls this with
     the same arguments and its own copy of the input; rank 0 writes. Returns a Summary on every rank.
 
-    Identical texts anywhere in the job are embedded once: later copies get the first one's row, read back from the
-    finished parts (memory: 24 bytes per distinct text for the digest map, see corpus_dedup.py).
+    Identical inputs anywhere in the job are embedded once: later copies get the first one's row, read back from
+    the finished parts (memory: 24 bytes per distinct input for the digest map, see dedup.py).
     """
     started = time.perf_counter()
     group = _group(group)
@@ -84,12 +91,13 @@ def embed_corpus(embedder: Embedder, input: Union[str, Path], output: Union[str,
         if output.exists() and not overwrite:
             raise FileExistsError(f"{output} exists: pass --overwrite (overwrite=True) to replace it")
     source = Source(input, text_field=text_field, id_field=id_field)
-    prefix = embedder._prompt(instruction, prompt_name, prompt)
+    prompting = {"instruction": instruction, "prompt_name": prompt_name, "prompt": prompt}
+    embedder.prepare_inputs([], truncate=truncate, **prompting)  # a bad prompt fails before the input is read
     scan = source.scan()
     _same_input_everywhere(group, scan)
-    options = {"model": embedder.name, "dtype": str(embedder.device.dtype), "prompt": prefix, "dim": dim,
+    options = {"model": embedder.name, "dtype": str(embedder.device.dtype), **prompting, "dim": dim,
                "normalize": normalize, "truncate": truncate, "max_length": embedder.max_length,
-               "pooling": pooling or embedder.pooling, "precision": precision, "text_field": text_field,
+               "pooling": embedder.pooling, "precision": precision, "text_field": text_field,
                "id_field": id_field, "format": format}
     job = Job(output, {"input": {"path": str(source.path.resolve()), "size": source.path.stat().st_size,
                                  "digest": scan.digest, "records": scan.count}, "options": options}) \
@@ -98,23 +106,24 @@ def embed_corpus(embedder: Embedder, input: Union[str, Path], output: Union[str,
     ranges = job.state.get("ranges") if job else None
 
     records = source.records()
-    seen = Seen()  # every rank builds the same map: they agree on which texts are new
+    seen = Seen()  # every rank builds the same map: they agree on which inputs are new
     for start in range(0, resumed, MAX_WINDOW):  # finished windows: read past them, remember their texts
         seen.add_records(digests(next(records)[1] for _ in range(min(MAX_WINDOW, resumed - start))), start)
     done, tokens, unique, duplicates, window = resumed, 0, 0, 0, FIRST_WINDOW
     while done < scan.count:
         window = _broadcast(group, min(window, scan.count - done))
-        texts = [next(records)[1] for _ in range(window)]
+        ids, inputs = zip(*(next(records) for _ in range(window)))
         t0 = time.perf_counter()
-        keys, first, which = np.unique(digests(texts), return_index=True, return_inverse=True)
-        earlier = seen.find(keys)  # the row where an earlier window wrote each distinct text, else -1
+        keys, first, which = np.unique(digests(inputs), return_index=True, return_inverse=True)
+        earlier = seen.find(keys)  # the row where an earlier window wrote each distinct input, else -1
         new = np.flatnonzero(earlier < 0)
-        # each new distinct text is embedded once; ranks take every size-th one
-        mine = [texts[first[u]] for u in new[rank::size]]
-        sequences = embedder.tokenize(mine, prompt=prefix, truncate=truncate) if mine else []
-        vectors = embedder._embed_sequences(sequences, dim, normalize, pooling, batch_tokens) if mine \
-            else np.zeros((0, dim), np.float32)
-        vectors, window_tokens = _gather(group, vectors, sum(map(len, sequences)), len(new))
+        # each new distinct input is embedded once; ranks take every size-th one
+        mine = [first[u] for u in new[rank::size]]
+        prepared = _prepare_records(embedder, [inputs[i] for i in mine], [ids[i] for i in mine], source.path,
+                                    truncate=truncate, **prompting)
+        vectors = embedder.embed_prepared(prepared, dim=dim, normalize=normalize, batch_tokens=batch_tokens) \
+            if mine else np.zeros((0, dim), np.float32)
+        vectors, window_tokens = _gather(group, vectors, sum(map(len, prepared)), len(new))
         tokens += window_tokens
         unique += len(new)
         duplicates += window - len(new)
@@ -123,8 +132,8 @@ def embed_corpus(embedder: Embedder, input: Union[str, Path], output: Union[str,
         seen.add(keys[new], done + first[new])
         done += window
         elapsed = time.perf_counter() - t0
-        # next window: about window_seconds of work even if all its texts are new, at the rate just measured (a
-        # window of repeats only tells how fast copying is: it may double, not jump to hours of new texts)
+        # next window: about window_seconds of work even if all its inputs are new, at the rate just measured (a
+        # window of repeats only tells how fast copying is: it may double, not jump to hours of new inputs)
         window = int(min(MAX_WINDOW, max(16, len(new) * window_seconds / max(elapsed, 1e-3)) if len(new)
                          else 2 * window))
         if rank == 0 and progress is not None:
@@ -137,11 +146,24 @@ def embed_corpus(embedder: Embedder, input: Union[str, Path], output: Union[str,
     if rank == 0:
         meta = {"precision": precision, "ranges": ranges, "count": scan.count, "skipped": scan.skipped,
                 "dim": dim, "input": job.state["input"], "options": options}
-        write_output(output, job.parts(), (ident for ident, _ in source.records()), scan.count, meta)
+        write_output(output, job.parts(), (ident for ident, _ in source.records()), meta)
         files = [output, *sidecars(output).values()]
         job.remove()
     return Summary(output, scan.count, scan.skipped, resumed, scan.count - resumed, unique,
                    time.perf_counter() - started, tokens, files, duplicates)
+
+
+def _prepare_records(embedder: EmbeddingModel, inputs: list, ids: list, path: Path, **options) -> list:
+    """A window's inputs -> prepared; an input the model refuses is named by its id in the input file."""
+    try:
+        return embedder.prepare_inputs(inputs, **options)
+    except (TypeError, ValueError, OSError):
+        for ident, one in zip(ids, inputs):  # rare: find the record for the message
+            try:
+                embedder.prepare_inputs([one], **options)
+            except (TypeError, ValueError, OSError) as e:
+                raise type(e)(f"{path}, id {ident!r}: {e}") from None
+        raise
 
 
 class Job:
@@ -179,7 +201,7 @@ class Job:
 
     def save(self, start: int, rows: np.ndarray) -> None:
         path = self.folder / "parts" / f"{start:012d}-{start + len(rows):012d}.npy"
-        save_atomic(path, rows)
+        save_part(path, rows)
         self.finished.append((start, start + len(rows), path))
 
     def save_window(self, start: int, vectors: np.ndarray, new: np.ndarray, which: np.ndarray,
@@ -225,9 +247,7 @@ class Job:
         shutil.rmtree(self.folder)
 
     def _write_state(self) -> None:
-        from .files import _atomic
-
-        _atomic(self.state_path, lambda f: f.write(json.dumps(self.state, indent=1).encode()))
+        atomic.write_file(self.state_path, lambda f: f.write(json.dumps(self.state, indent=1).encode()))
 
 
 def _refuse_changes(state: dict, identity: dict, folder: Path) -> None:
