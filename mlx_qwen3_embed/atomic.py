@@ -44,17 +44,29 @@ def remove_stale_partials(dst: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def refuse_existing(dst: Path) -> None:
+    """Raise FileExistsError when `dst` exists (a folder is never written over)."""
+    dst = Path(dst)
+    if dst.exists() or dst.is_symlink():
+        raise FileExistsError(f"{dst} already exists: choose a new destination or remove it first")
+
+
 @contextmanager
 def building_folder(dst: Path) -> Iterator[Path]:
-    """Yield an empty hidden folder beside `dst`; renamed to `dst` when the block ends, removed if it raises.
+    """Yield an empty hidden folder beside `dst` (its parents made); renamed to `dst` when the block ends,
+    removed if it raises.
 
-    The caller checks beforehand that `dst` may be written (it must not exist when the block ends).
+    Refuses an existing `dst` (FileExistsError, refuse_existing) on entry and again right before the rename:
+    another run may have finished meanwhile. Callers that work long before they write call refuse_existing first.
     """
     dst = Path(dst)
+    refuse_existing(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(dst)
     tmp = Path(tempfile.mkdtemp(prefix=f"{partial_prefix(dst)}{os.getpid()}-", dir=dst.parent))
     try:
         yield tmp
+        refuse_existing(dst)
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
         os.rename(tmp, dst)
     except BaseException:

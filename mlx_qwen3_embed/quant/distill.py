@@ -31,6 +31,7 @@ import numpy as np
 from mlx.utils import tree_unflatten
 
 from ..batching import pad_right, plan_batches
+from ..checks import check_int
 from ..device import plan
 from ..models.qwen3 import Qwen3
 from ..pooling import normalize, pool
@@ -210,17 +211,8 @@ def _snapshot(swaps) -> dict:
 
 
 def _forward(model: Qwen3, input_ids: mx.array, checkpoint: bool) -> mx.array:
-    """Qwen3.__call__, with each block optionally recomputed in the backward pass (bounded memory)."""
-    h = model.embed_tokens(input_ids)
-    for layer in model.layers:
-        if checkpoint:
-            def block(params, x, layer=layer):
-                layer.update(params)
-                return layer(x)
-            h = mx.checkpoint(block)(layer.trainable_parameters(), h)
-        else:
-            h = layer(h)
-    return model.norm(h)
+    """Qwen3.__call__ over padded (B, L) ids, with each block optionally recomputed in the backward pass."""
+    return model.norm(model.blocks(model.embed_tokens(input_ids), None, checkpoint=checkpoint))
 
 
 def _cosine(a: mx.array, b: mx.array) -> mx.array:
@@ -270,8 +262,7 @@ def check_tuning(steps: int, lr: float, through: Optional[str]) -> str:
         through = "float" if plan().dequantize else "quantized"
     if through not in ("float", "quantized"):
         raise ValueError(f"through must be 'float' or 'quantized', got {through!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    check_int("steps", steps, 0, wanted="a non-negative int")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
     return through

@@ -14,7 +14,7 @@ import mlx.core as mx
 from ..models.args import ModelArgs
 from ..device import GB, MEMORY_ENV, available_memory, plan
 from ..tokenizer import Tokenizer
-from ..checkpoint.weights import ITEMSIZE, matrices, read_config
+from ..checkpoint.weights import matrices, read_config, stored_dtype_size
 
 
 def memory_need(args: ModelArgs, *, bits: Union[int, Callable[[str, int], int]] = 4, group_size: int = 64,
@@ -87,6 +87,6 @@ def plan_dwq_memory(folder: Path, texts: list[str], bits: Union[int, Callable[[s
                        max_length=max_length, calibration_tokens=tokens, checkpoint=checkpoint,
                        through="float" if device.dequantize else "quantized",
                        teacher_bytes=4 if device.dtype == mx.float32 else 2,
-                       source_bytes=ITEMSIZE.get(config.get("torch_dtype") or config.get("dtype"), 2))
+                       source_bytes=stored_dtype_size(config))
     check_memory(need, available, device.device)
     return need

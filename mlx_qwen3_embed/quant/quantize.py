@@ -6,13 +6,9 @@ writes is the one mlx-lm's own `quantize_model`/`save_model`/`save_config` write
 metadata, an index json), so mlx-lm and `mlx_qwen3_embed.load` both read it.
 """
 
-import fnmatch
-import glob
+import copy
 import json
-import os
 import shutil
-import struct
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -20,21 +16,22 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map, tree_unflatten
 
+from ..atomic import building_folder, refuse_existing
+from ..checkpoint import open_checkpoint
+from ..checkpoint.summary import read_header, summary  # noqa: F401  (read_header: tests import it from here)
 from ..device import DTYPES, plan
+from .conversion import (TOKENIZER_FILES, check_quantization, copy_files, output_dtype, quantizable, refuse_quantized,
+                         with_quantization)
 from .distill import distill, read_calibration
 from .distill_memory import plan_dwq_memory
 from ..models.args import ModelArgs
 from ..models.qwen3 import Qwen3
 from .stream import write_streamed
 from ..tokenizer import EOS, Tokenizer
-from ..checkpoint.weights import HUB_FILES, KIND_KEY, check, model_kind, read_config, read_tensors, resolve, safetensors_files
+from ..checkpoint.weights import KIND_KEY, check, read_config, read_tensors, safetensors_files
 
-BITS = (2, 3, 4, 5, 6, 8)
-GROUP_SIZES = (32, 64, 128)
 # Files of a model folder that are not weights and travel unchanged (tokenizer.json may be patched, see below)
-EXTRA_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-               "added_tokens.json", "generation_config.json", "tokenizer.model", "modules.json",
-               "sentence_bert_config.json", "config_sentence_transformers.json", "README.md", "LICENSE"]
+EXTRA_FILES = [*TOKENIZER_FILES, "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"]
 
 
 # Mixed-precision recipes: module path (without `model.`) and layer count -> bits of that module.
@@ -83,17 +80,12 @@ def load_float(src: str, dtype: Optional[str] = None) -> tuple[Qwen3, dict, Path
 def open_float(src: str, dtype: Optional[str] = None) -> tuple[ModelArgs, dict, Path, dict[str, mx.array]]:
     """The checks of load_float, and the tensors as mx.load gives them: lazy, each read when first computed.
     The config's torch_dtype becomes `dtype` (default: the checkpoint's own)."""
-    folder = resolve(src)
-    args = read_config(folder)
-    config = json.loads((folder / "config.json").read_text())
-    dtype = dtype or config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    source = open_checkpoint(src)
+    folder, config = source.folder, copy.deepcopy(source.config)
+    args = read_config(folder, config)
+    dtype = output_dtype(dtype, config)
     tensors = read_tensors(folder)
-    quantized = next((k for k in tensors if k.endswith(".scales")), None)
-    if quantized or args.quantization:
-        raise ValueError(f"{src} is already quantized ({quantized or 'config.json has a quantization block'}): "
-                         "convert from the original float weights, e.g. Qwen/Qwen3-Embedding-0.6B")
+    refuse_quantized(source.name, config, tensors, "Qwen/Qwen3-Embedding-0.6B")
     config["torch_dtype"] = dtype  # the dtype of the scales, biases and norms we write
     check(Qwen3(args), tensors, folder)  # shapes only: nothing is read
     return args, config, folder, tensors
@@ -116,7 +108,7 @@ def quantize(model: Qwen3, config: dict, bits: Optional[int] = None, group_size:
     block = {"group_size": group_size, "bits": base, "mode": "affine"}
 
     def predicate(path: str, module: nn.Module):
-        if not hasattr(module, "to_quantized") or module.weight.shape[-1] % group_size:
+        if not quantizable(module, group_size):
             return False
         module_bits = choose(path, num_layers)
         if module_bits == base:
@@ -127,10 +119,9 @@ def quantize(model: Qwen3, config: dict, bits: Optional[int] = None, group_size:
     nn.quantize(model, group_size, base, mode="affine", class_predicate=predicate)
     if evaluate:
         mx.eval(model.parameters())
-    config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    config = with_quantization(config, block)
     # The 8B says untied but ships no lm_head; an embedding model needs none, and "tied" lets mlx-lm load it
     config["tie_word_embeddings"] = True
-    config["quantization"] = block
     return config
 
 
@@ -161,34 +152,27 @@ def save(model: Qwen3, config: dict, src_folder: Path, dst: str, dtype: Optional
          write: Optional[Callable[[Path], None]] = None) -> dict:
     """Write `model` + `config` + the tokenizer and sentence-transformers files of `src_folder` to `dst`, atomically.
 
-    Builds everything in a hidden temporary folder next to `dst` and renames it at the end, so an interrupted
-    run leaves nothing at `dst` (and what a killed one left beside it goes on the next run to `dst`). Refuses an
-    existing `dst` (FileExistsError). Returns `summary(dst)`. A reranker keeps its `lm_head` (if untied) and
-    its files as they are: no sentence-transformers pooling files, no <|endoftext|> added by the tokenizer.
+    Builds everything in a hidden folder next to `dst` and renames it at the end (atomic.building_folder), so an
+    interrupted run leaves nothing at `dst` (and what a killed one left beside it goes on the next run to `dst`).
+    Refuses an existing `dst` (FileExistsError). Returns `summary(dst)`. A reranker keeps its `lm_head` (if
+    untied) and its files as they are: no sentence-transformers pooling files, no <|endoftext|> added by the
+    tokenizer.
     write(folder): writes the weights instead of mlx-lm's save_model (the streamed conversion).
     """
     from mlx_lm.utils import save_config, save_model
 
     dst = Path(dst).expanduser()
     refuse_existing(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     if dtype is not None:  # scales, biases and norms in the output dtype (the packed uint32 weights stay)
         model.update(tree_map(lambda a: a.astype(DTYPES[dtype]) if mx.issubdtype(a.dtype, mx.floating) else a,
                               model.parameters()))
-    remove_stale_partials(dst)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(dst)}{os.getpid()}-", dir=dst.parent))
-    try:
+    with building_folder(dst) as tmp:
         if write is not None:
             write(tmp)
         else:
             save_model(tmp, _Prefixed(model, lm_head))
         save_config(dict(config), tmp / "config.json")
         copy_extra_files(src_folder, tmp, config["hidden_size"], reranker)
-        refuse_existing(dst)  # another run may have finished meanwhile
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary(dst)
 
 
@@ -207,11 +191,12 @@ def convert(src: str, dst: str, *, bits: Optional[int] = None, group_size: int =
     check_settings(bits, group_size, recipe)
     refuse_existing(Path(dst).expanduser())
     texts = read_calibration(calibration) if dwq else None
-    reranker = model_kind(resolve(src)) == "reranker"
+    src = open_checkpoint(src)
+    reranker = src.kind == "reranker"
     if reranker and dwq:
-        raise ValueError(f"{src} is a reranker: --dwq distills embedding vectors; convert it without dwq")
+        raise ValueError(f"{src.name} is a reranker: --dwq distills embedding vectors; convert it without dwq")
     if dwq:  # refused before minutes of loading when this machine cannot hold distillation's peak (distill.py)
-        plan_dwq_memory(resolve(src), texts, RECIPES[recipe] if recipe else (bits or 4), group_size, batch_tokens,
+        plan_dwq_memory(src.folder, texts, RECIPES[recipe] if recipe else (bits or 4), group_size, batch_tokens,
                         checkpoint)
     # tensor by tensor: memory for a few of the largest tensor, not for the model (stream.py); a reranker's head
     # goes the in-memory way
@@ -251,55 +236,17 @@ def check_settings(bits: Optional[int], group_size: int, recipe: Optional[str]) 
         raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     if recipe is not None and bits is not None:
         raise ValueError(f"recipe {recipe} sets its own bits per module: drop bits (--bits) or the recipe")
-    bits = 4 if bits is None else bits
-    if isinstance(bits, bool) or bits not in BITS:
-        raise ValueError(f"bits must be one of {', '.join(map(str, BITS))}, got {bits!r}")
-    if isinstance(group_size, bool) or group_size not in GROUP_SIZES:
-        raise ValueError(f"group_size must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size!r}")
-    return bits
-
-
-def _partial_prefix(dst: Path) -> str:
-    return f".{dst.name}.partial-"
-
-
-def remove_stale_partials(dst: Path) -> None:
-    """Remove the temporary folders that conversions to `dst` killed mid-run (SIGKILL, power loss) left next to
-    it: those named for a process that no longer exists. A running conversion's folder stays."""
-    prefix = _partial_prefix(dst)
-    for folder in dst.parent.glob(glob.escape(prefix) + "*"):
-        pid = folder.name[len(prefix):].split("-", 1)[0]
-        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):  # another user's process, or no pid at all: leave its folder
-        pass
-    return True
-
-
-def refuse_existing(dst: Path) -> None:
-    if dst.exists() or dst.is_symlink():
-        raise FileExistsError(f"{dst} already exists: choose a new destination or remove it first")
+    return check_quantization(bits, group_size)
 
 
 def copy_extra_files(src: Path, dst: Path, hidden_size: int, reranker: bool = False) -> None:
     """Tokenizer and sentence-transformers files; tokenizer.json made to append <|endoftext|> if it did not.
 
     A reranker's files are copied as they are: it pools nothing, and its pairs must not end in <|endoftext|>."""
-    for name in EXTRA_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
+    copy_files(src, dst, EXTRA_FILES)
     for sub in sorted(src.glob("[0-9]_*")):  # 1_Pooling/, 2_Normalize/ of sentence-transformers
         if sub.is_dir():
             shutil.copytree(sub, dst / sub.name)
-    if not (dst / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"no tokenizer.json in {src}: the converted model could not tokenize text")
     if reranker:
         return
     append_eos(dst / "tokenizer.json")
@@ -345,67 +292,3 @@ def write_sentence_transformers_files(folder: Path, hidden_size: int) -> None:
     (folder / "2_Normalize").mkdir(exist_ok=True)
 
 
-def summary(folder: Path) -> dict:
-    """Size on disk, parameter count and bits per weight of a checkpoint, from safetensors headers (no loading).
-
-    bits per weight = stored bytes * 8 / parameters, counting a quantized matrix by its unpacked size (mlx-lm's
-    definition), so scales and biases are included: 4-bit, group 64 with bf16 scales gives 4.5.
-    """
-    folder = Path(folder)
-    args = read_config(folder)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in {folder}: is this a model folder?")
-    headers = {}
-    for f in files:
-        headers |= read_header(f)
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    return _summarize(folder, args, headers, size)
-
-
-def hub_summary(repo_id: str, folder: Path, revision: Optional[str] = None) -> dict:
-    """`summary` of a hub checkpoint whose weights are not downloaded: `folder` holds its config (resolve with
-    weights=False); the tensor table comes from the hub's safetensors headers (range requests) and the size from
-    its file list: the size of what `resolve` would download."""
-    from huggingface_hub import HfApi, get_safetensors_metadata
-    from huggingface_hub.errors import NotASafetensorsRepoError, SafetensorsParsingError
-
-    try:
-        tables = get_safetensors_metadata(repo_id, revision=revision).files_metadata.values()
-        files = HfApi().model_info(repo_id, revision=revision, files_metadata=True).siblings or []
-    except (OSError, NotASafetensorsRepoError, SafetensorsParsingError) as e:  # offline (a ConnectionError), HTTP
-        raise FileNotFoundError(f"the weights of {repo_id} are not downloaded and the hub cannot describe them "
-                                f"({type(e).__name__}: {e})") from None
-    headers = {key: {"shape": list(tensor.shape), "data_offsets": tensor.data_offsets}
-               for table in tables for key, tensor in table.tensors.items()}
-    size = sum(f.size or 0 for f in files if any(fnmatch.fnmatch(f.rfilename, p) for p in HUB_FILES))
-    return _summarize(folder, read_config(folder), headers, size)
-
-
-def _summarize(folder: Path, args, headers: dict, size: int) -> dict:
-    headers = {k.removeprefix("model."): v for k, v in headers.items()}
-    parameters = tensor_bytes = 0
-    for key, info in headers.items():
-        count = 1
-        for n in info["shape"]:
-            count *= n
-        start, end = info["data_offsets"]
-        tensor_bytes += end - start
-        module, _, name = key.rpartition(".")
-        if name in ("scales", "biases") and f"{module}.scales" in headers:
-            continue
-        if name == "weight" and f"{module}.scales" in headers:
-            count = count * 32 // (args.quantization_for(module) or {}).get("bits", 4)
-        parameters += count
-    return {"path": str(folder), "size_bytes": size, "parameters": parameters,
-            "bits_per_weight": tensor_bytes * 8 / parameters if parameters else 0.0,
-            "quantization": args.quantization}
-
-
-def read_header(path: Path) -> dict:
-    """A safetensors file's tensor table {key: {"dtype", "shape", "data_offsets"}}, without reading tensors."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    header.pop("__metadata__", None)
-    return header

@@ -23,6 +23,7 @@ from mlx.utils import tree_map
 from PIL import Image, ImageDraw, ImageFont
 
 from ..batching import plan_batches
+from ..checks import check_int
 from .distill import CALIBRATION, DistillReport, calibration_records, check_tuning, split_holdout, tune
 from ..models.qwen3_vl import MRows, Qwen3VL
 from ..tokenizer import DEFAULT_INSTRUCTION
@@ -106,8 +107,7 @@ def text_items(path: Union[str, Path, None] = None) -> list[dict]:
 
 def calibration_items(path: Union[str, Path, None] = None, images: int = 48, seed: int = 0) -> list[dict]:
     """The texts of `path` (default: the packaged calibration set) and `images` synthetic image items."""
-    if isinstance(images, bool) or not isinstance(images, int) or images < 0:
-        raise ValueError(f"images must be a non-negative int, got {images!r}")
+    check_int("images", images, 0, wanted="a non-negative int")
     return text_items(path) + image_items(images, f"calibration-{seed}")
 
 
@@ -156,21 +156,7 @@ def _forward(vision_trains: bool) -> Callable:
                 if b.visual is None:
                     b.visual = tree_map(mx.stop_gradient, model.visual(pixels, grids))
                 visual = (where, *b.visual)
-        lm = model.language_model
-        if not checkpoint:
-            return b.rows.pad(lm.forward(b.input_ids, b.rows, visual))
-        # TextModel.forward with each block recomputed in the backward pass (bounded memory, as distill._forward)
-        h = lm.embed_tokens(b.rows.pack(b.input_ids))
-        if visual is not None:
-            h[visual[0]] = visual[1].astype(h.dtype)
-        for i, layer in enumerate(lm.layers):
-            def block(params, x, layer=layer):
-                layer.update(params)
-                return layer(x, b.rows)
-            h = mx.checkpoint(block)(layer.trainable_parameters(), h)
-            if visual is not None and i < len(visual[2]):
-                h = h.at[visual[0]].add(visual[2][i].astype(h.dtype))
-        return b.rows.pad(lm.norm(h))
+        return b.rows.pad(model.language_model.forward(b.input_ids, b.rows, visual, checkpoint=checkpoint))
 
     return forward
 

@@ -3,20 +3,25 @@
 Equal to the official Qwen3-VL-Embedding preprocessing (qwen-vl-utils' fetch_image, then the Qwen2-VL image
 processor with do_resize=False): PIL's bicubic resize of the uint8 RGB image, x / 255, (x - 0.5) / 0.5, each image
 repeated into the two temporal frames of the 3-D patch embedding, patches in 2x2 merge-block order.
+
+An http(s) URL is read from the image cache, never downloaded here: remote.py fills the cache when the CLI or
+server is allowed to (--allow-remote-images). The cache is a folder of files named sha256(url), by default
+~/.cache/mlx-qwen3-embed/images (under $XDG_CACHE_HOME when set), or $MLX_QWEN3_EMBED_IMAGE_CACHE; delete a file
+(or the folder) to download it again.
 """
 
 import base64
 import binascii
+import hashlib
 import io
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
-
-from . import remote
 
 PATCH = 16            # vision_config.patch_size
 MERGE = 2             # vision_config.spatial_merge_size: 2x2 patches become one LLM token
@@ -26,6 +31,8 @@ MIN_PIXELS = 4 * FACTOR * FACTOR       # the recipe's bounds: 4 to 1800 LLM toke
 MAX_PIXELS = 1800 * FACTOR * FACTOR
 MAX_IMAGE_PIXELS = 64_000_000          # decoded-size cap: a larger image is refused before it is decoded
 MEAN = STD = 0.5
+CACHE_ENV = "MLX_QWEN3_EMBED_IMAGE_CACHE"
+SCHEMES = ("http://", "https://")
 
 
 class ImageError(ValueError):
@@ -43,6 +50,31 @@ class Patches:
         """LLM tokens after the 2x2 merge."""
         t, h, w = self.grid
         return t * h * w // (MERGE * MERGE)
+
+
+def is_url(source) -> bool:
+    """Whether `source` is an http(s) URL (the only remote images there are)."""
+    return isinstance(source, str) and source.lower().startswith(SCHEMES)
+
+
+def cache_dir() -> Path:
+    """The image cache's folder ($MLX_QWEN3_EMBED_IMAGE_CACHE, else ~/.cache/mlx-qwen3-embed/images)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mlx-qwen3-embed" / "images"
+
+
+def cache_path(url: str) -> Path:
+    """Where `url`'s bytes are (or would be) cached: the cache folder / sha256(url)."""
+    return cache_dir() / hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+
+def read_cached(url: str) -> Optional[bytes]:
+    """`url`'s cached bytes, or None when it was never downloaded."""
+    try:
+        return cache_path(url).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = MIN_PIXELS,
@@ -65,8 +97,8 @@ def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int 
 
 
 def open_image(source: Any, max_image_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """A path, data URL, http(s) URL already in the image cache (remote.py), bytes, PIL image or uint8 (H, W, 3)
-    array -> an RGB PIL image (RGBA on white).
+    """A path, data URL, http(s) URL already in the image cache, bytes, PIL image or uint8 (H, W, 3) array -> an
+    RGB PIL image (RGBA on white).
 
     Remote URLs are never fetched here (remote.fetch_image does that, when the CLI or server is allowed to).
     Raises ImageError (a ValueError) or FileNotFoundError naming the problem."""
@@ -80,11 +112,11 @@ def open_image(source: Any, max_image_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
         image = _decode(bytes(source), "the image bytes", max_image_pixels)
     elif isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
-        if remote.is_url(text):  # read from the image cache; the library itself never downloads
-            raw = remote.read_cached(text)
+        if is_url(text):  # read from the image cache; the library itself never downloads
+            raw = read_cached(text)
             if raw is None:
-                raise ImageError(f"remote image {text[:80]} is not in the image cache ({remote.cache_dir()}) and "
-                                 "is not downloaded here: allow it with mlx_qwen3_embed.remote.fetch_image(url) "
+                raise ImageError(f"remote image {text[:80]} is not in the image cache ({cache_dir()}) and is not "
+                                 "downloaded here: allow it with mlx_qwen3_embed.vision.remote.fetch_image(url) "
                                  "(the CLI's and server's --allow-remote-images), or give the image's bytes")
             image = _decode(raw, text[:80], max_image_pixels)
         elif text.startswith("data:"):

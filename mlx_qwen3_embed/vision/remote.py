@@ -1,51 +1,21 @@
-"""Remote images: http(s) URLs downloaded on request (the server's and CLI's --allow-remote-images) into a local
-cache, which the library reads by URL without ever touching the network.
-
-The cache is a folder of files named sha256(url), by default ~/.cache/mlx-qwen3-embed/images (under
-$XDG_CACHE_HOME when set), or $MLX_QWEN3_EMBED_IMAGE_CACHE. A URL is downloaded once and then read from there;
-delete its file (or the folder) to download it again.
+"""Remote images: http(s) URLs downloaded on request (the server's and CLI's --allow-remote-images) into the image
+cache that images.open_image reads by URL without ever touching the network (images.py names and reads the cache;
+its is_url, cache_dir, cache_path, read_cached and CACHE_ENV are named here too). A URL is downloaded once and
+then read from there.
 """
 
-import hashlib
-import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Optional
 
-CACHE_ENV = "MLX_QWEN3_EMBED_IMAGE_CACHE"
+from ..atomic import write_file
+from .images import CACHE_ENV, MAX_IMAGE_PIXELS, cache_dir, cache_path, is_url, open_image, read_cached  # noqa: F401
+
 TIMEOUT = 10.0                 # seconds for the whole download, redirects included
 MAX_BYTES = 20 * 1024 * 1024   # a larger body is refused before it is decoded
 MAX_REDIRECTS = 3
-SCHEMES = ("http://", "https://")
 CHUNK = 64 * 1024
-
-
-def is_url(source) -> bool:
-    """Whether `source` is an http(s) URL (the only remote images there are)."""
-    return isinstance(source, str) and source.lower().startswith(SCHEMES)
-
-
-def cache_dir() -> Path:
-    """The image cache's folder ($MLX_QWEN3_EMBED_IMAGE_CACHE, else ~/.cache/mlx-qwen3-embed/images)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mlx-qwen3-embed" / "images"
-
-
-def cache_path(url: str) -> Path:
-    """Where `url`'s bytes are (or would be) cached: the cache folder / sha256(url)."""
-    return cache_dir() / hashlib.sha256(url.encode("utf-8")).hexdigest()
-
-
-def read_cached(url: str) -> Optional[bytes]:
-    """`url`'s cached bytes, or None when it was never downloaded."""
-    try:
-        return cache_path(url).read_bytes()
-    except FileNotFoundError:
-        return None
 
 
 def fetch_image(url: str, *, timeout: Optional[float] = None, max_bytes: Optional[int] = None,
@@ -56,8 +26,6 @@ def fetch_image(url: str, *, timeout: Optional[float] = None, max_bytes: Optiona
     `max_bytes` bytes; the body must decode as an image within `max_image_pixels` before it is stored, so the
     cache holds only usable images. Raises ValueError (images.ImageError for a body that is not a usable image)
     naming the URL and the cause; writes are atomic."""
-    from . import images
-
     if not is_url(url):
         raise ValueError(f"only http:// and https:// images are fetched, got {url[:80]!r}")
     cached = read_cached(url)
@@ -66,8 +34,10 @@ def fetch_image(url: str, *, timeout: Optional[float] = None, max_bytes: Optiona
     timeout = TIMEOUT if timeout is None else timeout
     max_bytes = MAX_BYTES if max_bytes is None else max_bytes
     raw = _download(url, timeout, max_bytes)
-    images.open_image(raw, images.MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels)
-    _store(cache_path(url), raw)
+    open_image(raw, MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels)
+    path = cache_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file(path, lambda f: f.write(raw))  # readers never see half a file
     return raw
 
 
@@ -108,15 +78,3 @@ def _download(url: str, timeout: float, max_bytes: int) -> bytes:
     except (TimeoutError, OSError) as e:
         raise ValueError(f"could not fetch {url[:80]}: {type(e).__name__}: {e}") from None
 
-
-def _store(path: Path, raw: bytes) -> None:
-    """Write atomically: a temporary file beside `path`, then a rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
