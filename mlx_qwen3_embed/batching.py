@@ -5,8 +5,6 @@ from typing import Callable, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .checks import check_finite
-
 
 def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     """Indices of texts grouped into batches whose padded size (count x longest) stays within `batch_tokens`.
@@ -42,6 +40,13 @@ def padded(forward: Callable[[mx.array, mx.array], mx.array], pad_id: int) -> Ca
         input_ids, lengths = pad_right(batch, pad_id)
         return forward(mx.array(input_ids), mx.array(lengths))
     return run
+
+
+def check_finite(values: np.ndarray, name: str, what: str = "vectors", note: str = "") -> np.ndarray:
+    """Raise FloatingPointError naming the model unless every value is finite (bf16/fp16 overflow)."""
+    if not np.isfinite(values).all():
+        raise FloatingPointError(f"{name} produced non-finite {what}{note}: load it with dtype='float32'")
+    return values
 
 
 def run_batches(sequences: Sequence, forward: Callable[[list], mx.array], out: np.ndarray, device, *,

@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 import mlx.core as mx
 
 from .blas import blas
+from .contracts import EmbeddingModel
 from .models.args import ModelArgs
 from .tokenizer import DEFAULT_INSTRUCTION
 
@@ -121,7 +122,7 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def measure(embedder, texts: Sequence[str], *, rounds: int = 3, queries: Sequence[str] = QUERIES,
+def measure(embedder: EmbeddingModel, texts: Sequence[str], *, rounds: int = 3, queries: Sequence[str] = QUERIES,
             query_repeats: int = 3, batch_tokens: Optional[int] = None, gemm_seconds: float = 1.0) -> dict:
     """Time `embedder` on `texts` (a corpus) and on single queries; returns a JSON-ready dict.
 
@@ -131,7 +132,7 @@ def measure(embedder, texts: Sequence[str], *, rounds: int = 3, queries: Sequenc
     if rounds < 1 or query_repeats < 1 or not texts or not queries:
         raise ValueError(f"need rounds >= 1, query_repeats >= 1 and some texts and queries, got rounds={rounds}, "
                          f"query_repeats={query_repeats}, {len(texts)} texts, {len(queries)} queries")
-    lengths = [len(ids) for ids in embedder.tokenize(list(texts))]
+    lengths = [len(p) for p in embedder.prepare_inputs(list(texts))]
     embedder.embed(list(texts[:8]), batch_tokens=batch_tokens)  # warm-up
     embedder.embed(queries[0], instruction=DEFAULT_INSTRUCTION)
     mx.reset_peak_memory()
@@ -150,7 +151,7 @@ def measure(embedder, texts: Sequence[str], *, rounds: int = 3, queries: Sequenc
 
     corpus_seconds = statistics.median(seconds)
     tokens = sum(lengths)
-    flops = forward_flops(embedder.args, lengths)
+    flops = forward_flops(embedder.describe()["decoder"], lengths)
     gemm = gemm_gflops(seconds=gemm_seconds, device=embedder.device.stream)
     achieved = flops / corpus_seconds / 1e9
     return {

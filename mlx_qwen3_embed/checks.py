@@ -1,5 +1,5 @@
 """The rules every edge applies the same way, written once: an int parameter, a named prompt, top_n and the order
-of scores, the sigmoid of a rerank logit, and the guard against non-finite results."""
+of scores, the sigmoid of a rerank logit. (The guard against non-finite results is batching.check_finite.)"""
 
 from typing import Mapping, Optional
 
@@ -41,9 +41,3 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     """P("yes") from the logit yes - no: the softmax over (no, yes) is the sigmoid of their difference."""
     return (1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
 
-
-def check_finite(values: np.ndarray, name: str, what: str = "vectors", note: str = "") -> np.ndarray:
-    """Raise FloatingPointError naming the model unless every value is finite (bf16/fp16 overflow)."""
-    if not np.isfinite(values).all():
-        raise FloatingPointError(f"{name} produced non-finite {what}{note}: load it with dtype='float32'")
-    return values

@@ -32,12 +32,17 @@ class EmbeddingModel(Protocol):
         """The full vector size."""
 
     def describe(self) -> dict:
-        """{"family": "qwen3" | "qwen3_vl", "layers": int, "quantization": {"bits", "group_size"} | None}."""
+        """{"family": "qwen3" | "qwen3_vl", "layers": int, "quantization": {"bits", "group_size"} | None,
+        "decoder": models.args.ModelArgs (the text decoder's shape: what a text input costs)}."""
 
     def prepare_inputs(self, inputs: Sequence[Any], *, instruction: Optional[str] = None,
-                       prompt_name: Optional[str] = None, max_length: Optional[int] = None, truncate: bool = True,
+                       prompt_name: Optional[str] = None, prompt: Optional[str] = None,
+                       max_length: Optional[int] = None, truncate: bool = True,
                        direction: str = "right") -> list[Sized]:
         """Inputs (str for every kind; item dicts for Qwen3-VL) -> prepared inputs, len() = tokens.
+
+        instruction: the query task; prompt_name: one of `prompts`; prompt: a raw prefix (ValueError for a model
+        whose prompt is not a prefix: Qwen3-VL).
 
         truncate: cut an over-long input to max_length from `direction` ("right" keeps the start, "left" the
         end), else raise ValueError naming it; an input that cannot be cut (a Qwen3-VL image) always raises.

@@ -42,10 +42,10 @@ class DevicePlan:
     kernels: Kernels = field(default_factory=Kernels)  # attention and exp variants (model.Kernels)
     upcast: bool = False   # keep the checkpoint's storage, up-cast one matrix at a time (models/upcast.py)
     auto_memory: bool = True  # dequantize was not chosen by the caller: fit_memory may switch to upcast
+    stream: mx.Device = field(init=False, repr=False, compare=False)  # where the forward passes run
 
-    @property
-    def stream(self) -> mx.Device:
-        return mx.cpu if self.device == "cpu" else mx.gpu
+    def __post_init__(self):
+        object.__setattr__(self, "stream", mx.cpu if self.device == "cpu" else mx.gpu)  # frozen: set once
 
 
 def check_batch_tokens(batch_tokens: Optional[int]) -> Optional[int]:

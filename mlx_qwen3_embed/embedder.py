@@ -18,7 +18,7 @@ from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
 from .tokenizer import Tokenizer, apply_prompt, query_prompt, read_prompts
 from .checkpoint import open_checkpoint
-from .checkpoint.weights import load_model, plan_memory
+from .checkpoint.weights import load_fitted
 from .contracts import EmbeddingModel
 
 Texts = Union[str, Sequence[str]]
@@ -104,7 +104,8 @@ class Embedder:
 
     def describe(self) -> dict:
         """The contract's summary: family, decoder layers, quantization of the checkpoint."""
-        return {"family": "qwen3", "layers": self.args.num_hidden_layers, "quantization": self.args.quantization}
+        return {"family": "qwen3", "layers": self.args.num_hidden_layers, "quantization": self.args.quantization,
+                "decoder": self.args}
 
     def embed(self, texts: Texts, *, instruction: Optional[str] = None, prompt_name: Optional[str] = None,
               prompt: Optional[str] = None, dim: Optional[int] = None, normalize: bool = True,
@@ -137,9 +138,11 @@ class Embedder:
                        pooling: Optional[str] = None, batch_tokens: Optional[int] = None,
                        precision: str = "float32", ranges: Optional[np.ndarray] = None) -> np.ndarray:
         """Finished ids (from `tokenize` / `prepare_ids`) -> (N, dim) float32, or `precision` rows."""
-        _precision.check(precision)
+        if precision == "float32":
+            return self._embed_sequences(prepared, dim, normalize, pooling, batch_tokens)
+        _precision.check(precision)  # before the compute
         vectors = self._embed_sequences(prepared, dim, normalize, pooling, batch_tokens)
-        return vectors if precision == "float32" else _precision.quantize(vectors, precision, ranges)
+        return _precision.quantize(vectors, precision, ranges)
 
     def embed_query(self, texts: Texts, instruction: Optional[str] = None, **kwargs) -> np.ndarray:
         """Queries carry an instruction: the given one, else the checkpoint's "query" prompt."""
@@ -171,7 +174,8 @@ class Embedder:
                          pooling: Optional[str], batch_tokens: Optional[int]) -> np.ndarray:
         dim = _pooling.check_dim(dim, self.dim)
         method = _pooling.check(pooling or self.pooling)
-        check_batch_tokens(batch_tokens)
+        if batch_tokens is not None:
+            check_batch_tokens(batch_tokens)
         if self.cache is not None and sequences:
             return self.cache.embed(sequences, (dim, normalize, method),
                                     lambda missing: self._compute(missing, dim, normalize, method, batch_tokens))
@@ -223,8 +227,8 @@ def _check_texts(texts: Texts) -> list[str]:
         raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
     for i, t in enumerate(texts):
         if isinstance(t, dict):
-            raise TypeError(f"texts[{i}] is a dict (an image or mixed item?): this is a text-only Qwen3 model; "
-                            "load a Qwen3-VL model (e.g. Qwen/Qwen3-VL-Embedding-2B) to embed images")
+            raise TypeError(f"texts[{i}] is a dict (an image or mixed item?): this is a text-only Qwen3 model; items "
+                            "need a Qwen3-VL model (e.g. Qwen/Qwen3-VL-Embedding-2B)")
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
     return list(texts)
@@ -265,11 +269,9 @@ def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = Non
     if checkpoint.kind == "reranker":
         raise ValueError(f"{model} holds a reranker (Qwen3-Reranker), not an embedding model: load it with "
                          "mlx_qwen3_embed.load_reranker, or give a Qwen3-Embedding folder")
-    folder, config = checkpoint.folder, checkpoint.config
-    device_plan = plan_memory(folder, plan(device, dtype, dequantize, batch_tokens), config=config)
-    qwen, args = load_model(folder, device_plan, config)
-    tokenizer = Tokenizer(folder)
-    embedder = Embedder(qwen, tokenizer, args, device_plan, name=str(model), folder=folder,
+    folder = checkpoint.folder
+    qwen, args, device_plan = load_fitted(folder, plan(device, dtype, dequantize, batch_tokens), checkpoint.config)
+    embedder = Embedder(qwen, Tokenizer(folder), args, device_plan, name=str(model), folder=folder,
                         max_length=_default_max_length(folder, args), pooling=pooling, prompts=read_prompts(folder))
     embedder.max_length = embedder._max_length(max_length)
     embedder.cache = cache

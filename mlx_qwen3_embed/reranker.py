@@ -14,7 +14,7 @@ from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
 from .tokenizer import DEFAULT_INSTRUCTION, Tokenizer
 from .checkpoint import open_checkpoint
-from .checkpoint.weights import load_model, plan_memory, read_head_rows
+from .checkpoint.weights import load_fitted, read_head_rows
 from .contracts import RerankModel
 
 # The model card's chat template around each pair; the suffix's empty think block is part of what it was trained on
@@ -168,9 +168,8 @@ def load_reranker(model: str, *, device: Optional[str] = None, dtype: Optional[s
     if checkpoint.kind == "qwen3_vl":
         raise ValueError(f"{model} holds a Qwen3-VL embedding model, not a reranker: load it with "
                          "mlx_qwen3_embed.load, or give a Qwen3-Reranker folder")
-    folder, config = checkpoint.folder, checkpoint.config
-    device_plan = plan_memory(folder, plan(device, dtype, dequantize, batch_tokens), config=config)
-    qwen, args = load_model(folder, device_plan, config)
+    folder = checkpoint.folder
+    qwen, args, device_plan = load_fitted(folder, plan(device, dtype, dequantize, batch_tokens), checkpoint.config)
     tokenizer = Tokenizer(folder)
     ids = []
     for token in ("no", "yes"):

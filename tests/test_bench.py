@@ -20,6 +20,7 @@ from mlx_qwen3_embed.models.args import ModelArgs
 from mlx_qwen3_embed.device import plan
 
 import conftest
+from vl_fixtures import vl_model  # noqa: F401  (session fixture)
 
 QWEN3_06B = dict(conftest.QWEN3_06B, vocab_size=151669, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
                  tie_word_embeddings=True)
@@ -209,3 +210,15 @@ def test_console_script_preloads_an_installed_blas(hub_model):
 def test_console_script_opt_out_keeps_the_bundled_blas(hub_model):
     result = run_script("bench", "--model", str(hub_model), "--json", *QUICK, env={"MLX_EMBED_NO_BLAS_REEXEC": "1"})
     assert result["blas"] == blas.REFERENCE
+
+
+def test_bench_runs_a_qwen3_vl_model_on_texts(runner, vl_model):
+    """The bench is written against the contract: a Qwen3-VL model's text items count the tokens it reads."""
+    result = runner.invoke(app, ["bench", "--model", str(vl_model), "--json", *QUICK])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    vl = mqe.load(str(vl_model))
+    corpus = bench.sample_passages(3, count_tokens=lambda text: len(vl.prepare_inputs([text])[0]))
+    assert figures["tokens"] == sum(len(p) for p in vl.prepare_inputs(corpus))
+    assert figures["flops_per_token"] == pytest.approx(
+        bench.forward_flops(vl.args.text, [len(p) for p in vl.prepare_inputs(corpus)]) / figures["tokens"])

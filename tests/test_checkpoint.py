@@ -77,3 +77,19 @@ def test_checkpoint_kind_marker_wins(hub_model, tmp_path):
     config = json.loads((hub_model / "config.json").read_text()) | {"mlx_qwen3_embed_kind": "reranker"}
     (folder / "config.json").write_text(json.dumps(config))
     assert open_checkpoint(str(folder)).kind == "reranker"
+
+
+def test_info_describes_a_qwen3_vl_model(runner, vl_model, tmp_path):
+    from mlx_qwen3_embed.cli import app
+    from mlx_qwen3_embed.quant.vl_quantize import convert_vl
+
+    float_facts = json.loads(runner.invoke(app, ["info", str(vl_model), "--json"]).stdout)
+    config = json.loads((vl_model / "config.json").read_text())
+    assert (float_facts["kind"], float_facts["dim"], float_facts["layers"]) == \
+        ("qwen3_vl", config["text_config"]["hidden_size"], config["text_config"]["num_hidden_layers"])
+    assert float_facts["vision"]["depth"] == config["vision_config"]["depth"]
+    assert float_facts["bits_per_weight"] == 32.0 and float_facts["quantization"] is None
+    convert_vl(str(vl_model), str(tmp_path / "q4"), bits=4, group_size=32)
+    facts = json.loads(runner.invoke(app, ["info", str(tmp_path / "q4"), "--json"]).stdout)
+    assert facts["quantization"]["bits"] == 4 and facts["bits_per_weight"] < float_facts["bits_per_weight"] / 1.5
+    assert facts["parameters"] == float_facts["parameters"]  # a quantized matrix counts its unpacked weights

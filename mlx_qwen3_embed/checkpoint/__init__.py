@@ -1,12 +1,11 @@
 """Model folders: a folder or hub id resolved once, its config.json and kind read once (`open_checkpoint`), then
 passed down to whatever loads, describes or converts it (load, load_reranker, info, convert, verify)."""
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .weights import model_kind, resolve
+from .weights import model_kind, read_config_json, resolve
 
 KINDS = ("embedding", "reranker", "qwen3_vl")
 
@@ -25,7 +24,10 @@ class Checkpoint:
 
 
 def open_checkpoint(model, revision: Optional[str] = None, *, weights: bool = True) -> Checkpoint:
-    """A folder or hub id -> Checkpoint (weights=False: a hub id's config and tokenizer files only)."""
+    """A folder or hub id -> Checkpoint (weights=False: a hub id's config and tokenizer files only); a
+    Checkpoint given is returned as it is, so functions that take either open it only once."""
+    if isinstance(model, Checkpoint):
+        return model
     folder = resolve(model, revision, weights=weights)
     config = read_config_json(folder)
     if config.get("model_type") == "qwen3_vl":
@@ -33,17 +35,3 @@ def open_checkpoint(model, revision: Optional[str] = None, *, weights: bool = Tr
     else:
         kind = model_kind(folder, config)
     return Checkpoint(str(model), folder, config, kind)
-
-
-def read_config_json(folder: Path) -> dict:
-    """config.json of `folder` as a dict, or an error naming the file and the fix."""
-    path = folder / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {folder}: is this a model folder?")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not JSON ({e}): the download is damaged; delete it and download again") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} is not a JSON object: not a model config")
-    return config

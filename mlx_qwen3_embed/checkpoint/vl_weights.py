@@ -1,6 +1,5 @@
 """A Qwen3-VL folder -> a loaded models.qwen3_vl.Qwen3VL: config, key clean-up (hub and mlx-vlm layouts), checks."""
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -8,23 +7,12 @@ import mlx.core as mx
 
 from ..device import DevicePlan
 from ..models.qwen3_vl import Qwen3VL, VLArgs
-from .weights import load_weights, plan_memory, read_tensors, stored_bytes, stored_dtype_size
-
-
-def model_type(folder: Path) -> str:
-    """config.json's model_type ("qwen3", "qwen3_vl", ...), "" when there is no config."""
-    path = folder / "config.json"
-    return json.loads(path.read_text()).get("model_type", "") if path.is_file() else ""
+from .weights import load_weights, plan_memory, read_config_json, read_tensors, stored_bytes, stored_dtype_size
 
 
 def read_vl_config(folder: Path, config: Optional[dict] = None) -> VLArgs:
     """The numbers of a Qwen3-VL checkpoint: from `config` (config.json already read) or the file."""
-    if config is None:
-        path = folder / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no config.json in {folder}: is this a model folder?")
-        config = json.loads(path.read_text())
-    config = dict(config)
+    config = dict(config if config is not None else read_config_json(folder))
     if isinstance(config.get("quantization"), dict):  # mlx-vlm names per-module overrides by its own keys
         config["quantization"] = {_hub_key(k): v for k, v in config["quantization"].items()}
     return VLArgs.from_dict(config)

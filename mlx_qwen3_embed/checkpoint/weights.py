@@ -55,19 +55,33 @@ def has_weights(folder: Path) -> bool:
     return any(folder.glob("*.safetensors"))
 
 
+def read_config_json(folder: Path) -> dict:
+    """config.json of `folder` as a dict, or an error naming the file and the fix."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {folder}: is this a model folder?")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not JSON ({e}): the download is damaged; delete it and download again") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a JSON object: not a model config")
+    return config
+
+
 def read_config(folder: Path, config: Optional[dict] = None) -> ModelArgs:
     """The decoder's numbers: from `config` (config.json already read, see checkpoint.open_checkpoint) or the file."""
-    if config is None:
-        path = folder / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no config.json in {folder}: is this a model folder?")
-        config = json.loads(path.read_text())
-    return ModelArgs.from_dict(config)
+    return ModelArgs.from_dict(config if config is not None else read_config_json(folder))
+
+
+def stored_dtype(config: dict) -> Optional[str]:
+    """The dtype config.json says the weights are stored in (`torch_dtype`, transformers >= 5's `dtype`), or None."""
+    return config.get("torch_dtype") or config.get("dtype")
 
 
 def stored_dtype_size(config: dict) -> int:
-    """Bytes per stored float of a checkpoint, from config.json's torch_dtype (transformers < 5) or dtype."""
-    return ITEMSIZE.get(config.get("torch_dtype") or config.get("dtype"), 2)
+    """Bytes per stored float of a checkpoint (2, the hub's bf16, when config.json does not say)."""
+    return ITEMSIZE.get(stored_dtype(config), 2)
 
 
 def read_tensors(folder: Path) -> dict[str, mx.array]:
@@ -197,6 +211,13 @@ def plan_memory(folder: Path, plan: DevicePlan, available: Optional[int] = None,
     return fit_memory(plan, planned + extra[0], stored + extra[1], working, available, name=str(folder))
 
 
+def load_fitted(folder: Path, plan: DevicePlan, config: dict) -> tuple[Qwen3, ModelArgs, DevicePlan]:
+    """plan_memory, then load_model: (the Qwen3 of `folder`, its args, the plan it was loaded with)."""
+    plan = plan_memory(folder, plan, config=config)
+    model, args = load_model(folder, plan, config)
+    return model, args, plan
+
+
 def load_model(folder: Path, plan: DevicePlan, config: Optional[dict] = None) -> tuple[Qwen3, ModelArgs]:
     """Build the Qwen3 of `folder` and load its weights, dequantized or not as `plan` says (already fitted to
     the memory by plan_memory, which may choose plan.upcast). config: config.json already read."""
@@ -281,10 +302,17 @@ def tensor_table(folder: Path) -> dict[str, dict]:
     """Every stored tensor's header entry ({"dtype", "shape", "data_offsets"}), read from the file headers only."""
     table = {}
     for f in safetensors_files(folder):
-        with open(f, "rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            table |= {k: v for k, v in json.loads(fh.read(size)).items() if k != "__metadata__"}
+        table |= read_header(f)
     return table
+
+
+def read_header(path: Path) -> dict:
+    """A safetensors file's tensor table {key: {"dtype", "shape", "data_offsets"}}, without reading tensors."""
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return header
 
 
 def stored_bytes(folder: Path, contains: tuple[str, ...]) -> int:

@@ -35,7 +35,7 @@ def bench(
     embedder = load(model or default_model(), device=device, dtype=dtype, batch_tokens=batch_tokens)
     load_seconds = time.perf_counter() - start
     if texts is None:
-        corpus = measurement.sample_passages(count, count_tokens=lambda text: len(embedder.tokenize(text)[0]))
+        corpus = measurement.sample_passages(count, count_tokens=lambda text: len(embedder.prepare_inputs([text])[0]))
     else:
         corpus = read_texts([], texts, False)
     result = {"load_seconds": load_seconds,

@@ -30,14 +30,14 @@ def convert(
     vision_bits: int = typer.Option(8, help="Qwen3-VL: bits of the vision tower (0: keep it float)."),
 ):
     """Quantize original Qwen3-Embedding (or Qwen3-VL) weights into a folder that this package loads."""
+    from ..checkpoint import open_checkpoint
     from ..quant import quantize
-    from .items import is_vl
 
     def progress(step: int, loss: float):
         if step % 10 == 0 or step == steps:
             typer.echo(f"dwq step {step}/{steps}: loss {loss:.5f}", err=True)
 
-    if is_vl(src):  # Qwen3-VL (vl_quantize.py; --dwq: vl_distill.py, texts and synthetic images)
+    if open_checkpoint(src, weights=False).kind == "qwen3_vl":  # Qwen3-VL (vl_quantize.py; --dwq: vl_distill.py, texts and synthetic images)
         if recipe is not None:
             raise ValueError("--recipe is for Qwen3 text models; Qwen3-VL takes --bits and --vision-bits")
         from ..quant.vl_quantize import convert_vl

@@ -15,28 +15,31 @@ def info(
     device: str | None = typer.Option(None, help="Show the plan for cpu or gpu (default: MLX's default)."),
     dtype: str | None = typer.Option(None, help="Show the plan with this compute dtype."),
 ):
-    """Architecture, dims, quantization, size on disk, max length and the compute plan of a checkpoint."""
+    """Architecture, dims, quantization, size on disk, max length and the compute plan of a checkpoint (a Qwen3
+    embedding model or reranker, or a Qwen3-VL model)."""
     from ..blas import blas
+    from ..checkpoint import open_checkpoint
+    from ..checkpoint.summary import hub_summary, summary
+    from ..checkpoint.weights import has_weights
     from ..device import plan
-    from ..embedder import _default_max_length
-    from ..quant.quantize import hub_summary, summary
-    from ..checkpoint.weights import has_weights, model_kind, read_config, resolve
 
     name = model or default_model()
-    folder = resolve(name, weights=False)  # a hub model's weights are not downloaded just to describe them
-    disk = summary(folder) if Path(name).expanduser().is_dir() or has_weights(folder) else hub_summary(name, folder)
-    args, config = read_config(folder), json.loads((folder / "config.json").read_text())
+    checkpoint = open_checkpoint(name, weights=False)  # a hub model's weights are not downloaded to describe it
+    folder, config = checkpoint.folder, checkpoint.config
+    args, extra = decoder(checkpoint)
+    local = Path(name).expanduser().is_dir() or has_weights(folder)
+    disk = summary(folder, args) if local else hub_summary(name, folder, args=args)
     quantization = args.quantization or {}
     compute = plan(device, dtype)
     facts = {
         "model": name, "folder": str(folder),
-        # both kinds are Qwen3ForCausalLM: weights.model_kind reads the files around the decoder
-        "kind": model_kind(folder) or "unknown (a Qwen3 decoder; no file says embedding or reranker)",
+        # Qwen3 embedding models and rerankers are both Qwen3ForCausalLM: weights.model_kind reads the files around
+        "kind": checkpoint.kind or "unknown (a Qwen3 decoder; no file says embedding or reranker)",
         "architecture": (config.get("architectures") or ["?"])[0],
         "model_type": config.get("model_type"), "dim": args.hidden_size, "layers": args.num_hidden_layers,
         "heads": args.num_attention_heads, "kv_heads": args.num_key_value_heads, "head_dim": args.head_dim,
         "intermediate_size": args.intermediate_size, "vocab_size": args.vocab_size,
-        "max_length": _default_max_length(folder, args), "max_position_embeddings": args.max_position_embeddings,
+        "max_length": extra.pop("max_length"), "max_position_embeddings": args.max_position_embeddings, **extra,
         "parameters": disk["parameters"], "size_bytes": disk["size_bytes"],
         "bits_per_weight": round(disk["bits_per_weight"], 3),
         "quantization": {k: v for k, v in quantization.items() if not isinstance(v, (dict, bool))} or None,
@@ -58,3 +61,26 @@ def info(
         elif isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         typer.echo(f"{key}: {'float (not quantized)' if value is None and key == 'quantization' else value}")
+
+
+def decoder(checkpoint) -> tuple:
+    """(the text decoder's ModelArgs, facts of this kind: its default max_length, a Qwen3-VL's vision tower)."""
+    if checkpoint.kind == "qwen3_vl":
+        from ..checkpoint.vl_weights import read_vl_config
+        from ..vision.embedder import MAX_LENGTH
+
+        args = read_vl_config(checkpoint.folder, checkpoint.config)
+        vision = args.vision
+        return args.text, {"max_length": MAX_LENGTH, "vision": {
+            "depth": vision.depth, "hidden_size": vision.hidden_size, "patch_size": vision.patch_size,
+            "spatial_merge_size": vision.spatial_merge_size}}
+    from ..checkpoint.weights import read_config
+
+    args = read_config(checkpoint.folder, checkpoint.config)
+    if checkpoint.kind == "reranker":
+        from ..reranker import MAX_LENGTH
+
+        return args, {"max_length": min(MAX_LENGTH, args.max_position_embeddings)}
+    from ..embedder import _default_max_length
+
+    return args, {"max_length": _default_max_length(checkpoint.folder, args)}

@@ -1,7 +1,7 @@
 """The Qwen3 decoder up to its final norm: token ids in, hidden states out. No lm_head: embeddings need none."""
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -207,9 +207,7 @@ class Qwen3(nn.Module):
         """
         rows = Rows(lengths, input_ids.shape[1]) if lengths is not None else Rows.full(*input_ids.shape)
         h = self.embed_tokens(rows.pack(input_ids))
-        for layer in self.layers:
-            h = layer(h, rows)
-        return rows.pad(self.norm(h))
+        return rows.pad(self.norm(self.blocks(h, rows)))
 
     def last_token(self, input_ids: mx.array, lengths) -> mx.array:
         """input_ids (B, L) right-padded, lengths (B,) -> final-normed hidden state of each last token (B, D).
@@ -219,6 +217,26 @@ class Qwen3(nn.Module):
         """
         rows = Rows(lengths, input_ids.shape[1])
         h = self.embed_tokens(rows.pack(input_ids))
-        for layer in self.layers[:-1]:
-            h = layer(h, rows)
-        return self.norm(self.layers[-1](h, rows, last=True))
+        return self.norm(self.blocks(h, rows, last=True))
+
+    def blocks(self, h: mx.array, rows: Optional[Rows], *, last: bool = False, stop: Optional[int] = None,
+               checkpoint: bool = False, after: Optional[Callable[[int, mx.array], mx.array]] = None) -> mx.array:
+        """The decoder loop, the one every caller runs: embeddings h (T, D) laid out by `rows` (None: (B, L, D),
+        every position a token) -> the states after the blocks, not normed.
+
+        last: the final block only at each text's last token (-> (B, D)). stop=k: only the first k blocks.
+        checkpoint: each block recomputed in the backward pass (training: memory for one block's activations).
+        after(i, h): applied after block i (Qwen3-VL adds its deepstack features there).
+        """
+        layers = self.layers if stop is None else self.layers[:stop]
+        for i, layer in enumerate(layers):
+            if checkpoint:
+                def block(params, x, layer=layer):
+                    layer.update(params)
+                    return layer(x, rows)
+                h = mx.checkpoint(block)(layer.trainable_parameters(), h)
+            else:
+                h = layer(h, rows, last=last and stop is None and i == len(layers) - 1)
+            if after is not None:
+                h = after(i, h)
+        return h

@@ -276,21 +276,23 @@ class TextModel(Qwen3):
         self.layers = [VLBlock(args, kernels) for _ in range(args.num_hidden_layers)]
 
     def forward(self, input_ids: mx.array, rows: MRows, visual: Optional[tuple] = None, *, last: bool = False,
-                keep: Optional[int] = None) -> mx.array:
+                keep: Optional[int] = None, checkpoint: bool = False) -> mx.array:
         """input_ids (B, L) right-padded -> final-normed hidden states as (T, D) rows, or with `last` each
         item's last token (B, D). visual: (visual_rows (V,), tokens (V, D), deepstack [(V, D), ...]) with the
         token rows of the image/video placeholders. keep=k: the hidden states after k blocks instead (0: the
-        embeddings), not normed, with deepstack added only after block k (as transformers reports them)."""
+        embeddings), not normed, with deepstack added only after block k (as transformers reports them).
+        checkpoint: each block recomputed in the backward pass (DWQ training)."""
         h = self.embed_tokens(rows.pack(input_ids))
+        after = None
         if visual is not None:
             where, tokens, deepstack = visual
             h[where] = tokens.astype(h.dtype)
-        layers = self.layers if keep is None else self.layers[:keep]
-        for i, layer in enumerate(layers):
-            is_last = last and keep is None and i == len(layers) - 1
-            h = layer(h, rows, last=is_last)
-            if visual is not None and i < len(deepstack) and not (keep is not None and i == keep - 1):
-                h = h.at[where].add(deepstack[i].astype(h.dtype))
+
+            def after(i: int, h: mx.array) -> mx.array:
+                if i < len(deepstack) and not (keep is not None and i == keep - 1):
+                    return h.at[where].add(deepstack[i].astype(h.dtype))
+                return h
+        h = self.blocks(h, rows, last=last, stop=keep, checkpoint=checkpoint, after=after)
         return self.norm(h) if keep is None else h
 
 

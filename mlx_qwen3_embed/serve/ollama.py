@@ -14,7 +14,6 @@ from pydantic import BaseModel, StrictBool, StrictInt, StrictStr
 
 from ..contracts import EmbeddingModel
 from . import jobs
-from .errors import ApiError
 from .worker import BatchWorker
 
 EMBED_PATHS = ("/api/embed", "/api/embeddings")

@@ -20,7 +20,8 @@ from typing import Optional
 import mlx.core as mx
 import numpy as np
 
-from ..checks import check_finite, check_int
+from ..batching import check_finite
+from ..checks import check_int
 from ..contracts import EmbeddingModel, RerankModel
 from ..device import check_batch_tokens
 from ..pooling import normalize

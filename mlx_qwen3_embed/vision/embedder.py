@@ -93,7 +93,7 @@ class VLEmbedder:
         return vectors[0] if single else vectors
 
     def prepare_inputs(self, items: Any, *, instruction: Optional[str] = None, prompt_name: Optional[str] = None,
-                       max_length: Optional[int] = None, truncate: bool = True,
+                       prompt: Optional[str] = None, max_length: Optional[int] = None, truncate: bool = True,
                        direction: str = "right") -> list[Prepared]:
         """The contract's step one (contracts.EmbeddingModel): items -> Prepared, errors naming the item.
 
@@ -104,6 +104,9 @@ class VLEmbedder:
             raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
         if prompt_name is not None:
             check_prompt_name(prompt_name, self.prompts)
+        if prompt is not None:
+            raise ValueError(f"prompt (a raw prefix) is for Qwen3 text models; {self.name} reads the instruction as "
+                             "its system turn: give instruction instead")
         limit = self.max_length if max_length is None else check_int("max_length", max_length, 16)
         return [self.prepare(item, i, instruction, limit) for i, item in enumerate(batch)]
 
@@ -130,7 +133,7 @@ class VLEmbedder:
     def describe(self) -> dict:
         """The contract's summary: family, decoder layers, quantization of the checkpoint."""
         return {"family": "qwen3_vl", "layers": self.args.text.num_hidden_layers,
-                "quantization": self.args.text.quantization}
+                "quantization": self.args.text.quantization, "decoder": self.args.text}
 
     def embed_prepared(self, prepared: list[Prepared], *, dim: Optional[int] = None, normalize: bool = True,
                        batch_tokens: Optional[int] = None, precision: str = "float32",
@@ -291,10 +294,8 @@ class VLEmbedder:
         n = self.args.text.num_hidden_layers
         if layer is None:
             return None
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -(n + 1) <= layer <= n:
-            raise ValueError(f"layer must be between {-(n + 1)} and {n} (0: the embeddings, {n} or -1: the "
-                             f"final-normed output), got {layer!r}")
-        return int(layer)
+        return check_int("layer", layer, -(n + 1), n, wanted=f"between {-(n + 1)} and {n}",
+                         note=f" (0: the embeddings, {n} or -1: the final-normed output)")
 
 
 def _check_items(items: Any) -> list:
