@@ -151,3 +151,22 @@ def test_text_model_prompts_on_a_vl_model_are_one_error_line(runner, vl_model, t
     assert named in one_error_line(runner.invoke(app, ["embed", "-m", str(vl_model), "-f", str(source),
                                                        "-o", str(tmp_path / "v.npy"), *flag]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["items.jsonl"]
+
+
+def test_two_ranks_of_a_vl_job_write_the_single_process_output(vl_model, embedder, records, tmp_path):
+    """Qwen3-VL items under `mlx.launch -n 2 --backend ring` (loopback): rank 0's one output equals one process's."""
+    import pyarrow.parquet as pq
+
+    from test_distributed import launch
+
+    rows = [dict(row, key=f"{row['key']}-{n}") for n in range(8) for row in records]  # repeats across ranks too
+    source = write_jsonl(tmp_path / "items.jsonl", rows)
+    single = embed_corpus(embedder, source, tmp_path / "single.parquet", text_field="body", id_field="key")
+    job = launch(vl_model, source, tmp_path / "ranks.parquet", "--text-field", "body", "--id-field", "key")
+    log, _ = job.communicate(timeout=240)
+    assert "Node with rank" not in log, log
+    assert f"wrote {single.count} vectors" in log
+    one, two = pq.read_table(tmp_path / "single.parquet"), pq.read_table(tmp_path / "ranks.parquet")
+    assert two.column("id").to_pylist() == one.column("id").to_pylist()
+    np.testing.assert_allclose(np.array(two.column("embedding").to_pylist()),
+                               np.array(one.column("embedding").to_pylist()), atol=1e-5)
