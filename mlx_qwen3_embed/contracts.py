@@ -67,6 +67,12 @@ class EmbeddingModel(Protocol):
     def embed(self, inputs: Any, **options) -> np.ndarray:
         """prepare_inputs + embed_prepared: one input gives (dim,), a list of N gives (N, dim)."""
 
+    def embed_query(self, inputs: Any, instruction: Optional[str] = None, **options) -> np.ndarray:
+        """Queries, with `instruction` (default: the model's query prompt or instruction)."""
+
+    def embed_document(self, inputs: Any, **options) -> np.ndarray:
+        """Documents, as the model embeds them for search."""
+
 
 @runtime_checkable
 class RerankModel(Protocol):

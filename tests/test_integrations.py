@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import mlx_qwen3_embed as mqe
+from vl_fixtures import vl_model  # noqa: F401  (session fixture)
 
 ATOL = 1e-5
 
@@ -169,3 +170,27 @@ def test_llama_index_rerank_keeps_the_best_nodes_with_library_scores(reranker, s
     best = np.argsort(-scores, kind="stable")[:2]
     assert [n.node.id_ for n in kept] == [str(i) for i in best]
     np.testing.assert_allclose([n.score for n in kept], scores[best], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def vl_embedder(vl_model):
+    return mqe.load(str(vl_model))
+
+
+def test_adapters_serve_a_qwen3_vl_model_too(vl_embedder, sample):
+    """The adapters call only the contract: a Qwen3-VL model's text vectors come through each of them."""
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    pytest.importorskip("chromadb")
+    from mlx_qwen3_embed.integrations.chroma import MLXEmbeddingFunction
+    from mlx_qwen3_embed.integrations.langchain import MLXEmbeddings
+    from mlx_qwen3_embed.integrations.llama_index import MLXEmbedding
+
+    documents = vl_embedder.embed(sample[:3])
+    query = vl_embedder.embed(sample[0], instruction="Find the passage")
+    np.testing.assert_allclose(np.array(MLXEmbeddings(vl_embedder).embed_documents(sample[:3])), documents, atol=ATOL)
+    np.testing.assert_allclose(np.array(MLXEmbeddings(vl_embedder, instruction="Find the passage")
+                                        .embed_query(sample[0])), query, atol=ATOL)
+    np.testing.assert_allclose(np.array(MLXEmbedding(vl_embedder).get_text_embedding_batch(sample[:3])), documents,
+                               atol=ATOL)
+    np.testing.assert_allclose(np.array(MLXEmbeddingFunction(vl_embedder)(sample[:3])), documents, atol=ATOL)

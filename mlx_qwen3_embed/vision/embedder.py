@@ -77,7 +77,8 @@ class VLEmbedder:
 
     def embed(self, items: Any, *, instruction: Optional[str] = None, dim: Optional[int] = None,
               normalize: bool = True, batch_tokens: Optional[int] = None, precision: str = "float32",
-              ranges: Optional[np.ndarray] = None) -> np.ndarray:
+              ranges: Optional[np.ndarray] = None, prompt_name: Optional[str] = None,
+              prompt: Optional[str] = None) -> np.ndarray:
         """Items -> float32 vectors: one item gives (dim,), a list of N items gives (N, dim).
 
         An item is a str (text) or a dict with "text", "image" (a path, data URL, http(s) URL already in the
@@ -85,12 +86,22 @@ class VLEmbedder:
         or a list of frames, each as an image) and an optional "instruction" (default: the `instruction`
         argument, else "Represent the user's input.").
         dim: Matryoshka size (first `dim` values, then normalised). precision, ranges: as Embedder.embed.
+        prompt_name, prompt: the text model's options, refused here (prepare_inputs says why).
         """
         single = isinstance(items, (str, dict))
-        prepared = self.prepare_inputs([items] if single else items, instruction=instruction)
+        prepared = self.prepare_inputs([items] if single else items, instruction=instruction,
+                                       prompt_name=prompt_name, prompt=prompt)
         vectors = self.embed_prepared(prepared, dim=dim, normalize=normalize, batch_tokens=batch_tokens,
                                       precision=precision, ranges=ranges)
         return vectors[0] if single else vectors
+
+    def embed_query(self, items: Any, instruction: Optional[str] = None, **options) -> np.ndarray:
+        """Queries: the recipe puts the task in the system turn (`instruction`, else its default)."""
+        return self.embed(items, instruction=instruction, **options)
+
+    def embed_document(self, items: Any, **options) -> np.ndarray:
+        """Documents (texts, images, videos, mixed items) with the recipe's default instruction."""
+        return self.embed(items, **options)
 
     def prepare_inputs(self, items: Any, *, instruction: Optional[str] = None, prompt_name: Optional[str] = None,
                        prompt: Optional[str] = None, max_length: Optional[int] = None, truncate: bool = True,
