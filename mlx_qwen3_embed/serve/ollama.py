@@ -86,13 +86,13 @@ def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metr
 
     @app.post("/api/show")
     async def show(body: ShowRequest):
-        model = _describe(embedder, model_id, started)
-        family = embedder.describe()["family"]
+        model, summary = _describe(embedder, model_id, started), embedder.describe()
+        family = summary["family"]
         return {"modified_at": model["modified_at"], "details": model["details"], "modelfile": "", "parameters": "",
                 "template": "", "capabilities": ["embedding"],
                 "model_info": {"general.architecture": family, f"{family}.embedding_length": embedder.dim,
                                f"{family}.context_length": embedder.max_length,
-                               f"{family}.block_count": embedder.describe()["layers"]}}
+                               f"{family}.block_count": summary["layers"]}}
 
 
 def _describe(embedder: EmbeddingModel, model_id: str, started: int) -> dict:
