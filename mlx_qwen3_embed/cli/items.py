@@ -14,10 +14,12 @@ def flag_items(images: list[str], caption: Optional[str]) -> list[dict]:
 def fetch_remote_images(items: list, allow: bool) -> None:
     """Download the items' http(s) image URLs into the image cache (remote.py) when `allow`; without it a URL
     not already there is an error naming --allow-remote-images. The library then reads them from the cache."""
+    with_images = [item["image"] for item in items if isinstance(item, dict) and "image" in item]
+    if not with_images:  # plain texts: the vision modules are not even imported
+        return
     from ..vision import remote
 
-    for item in items:
-        sources = item.get("image") if isinstance(item, dict) else None
+    for sources in with_images:
         for source in sources if isinstance(sources, list) else [sources]:
             if not remote.is_url(source):
                 continue
