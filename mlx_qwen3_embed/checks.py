@@ -37,6 +37,11 @@ def best_first(scores: np.ndarray, top_n: Optional[int] = None) -> list[int]:
     return [int(i) for i in order[:top_n]]
 
 
+def ranked(scores: np.ndarray, documents, top_n: Optional[int] = None) -> list[dict]:
+    """rerank's answer: [{"index", "score", "document"}] best first, at most top_n."""
+    return [{"index": i, "score": float(scores[i]), "document": documents[i]} for i in best_first(scores, top_n)]
+
+
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """P("yes") from the logit yes - no: the softmax over (no, yes) is the sigmoid of their difference."""
     return (1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)

@@ -8,12 +8,12 @@ import mlx.core as mx
 import numpy as np
 
 from .batching import padded, run_batches
-from .checks import best_first, check_int, check_top_n, sigmoid
+from .checks import check_int, check_top_n, ranked, sigmoid
 from .models.args import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
 from .tokenizer import DEFAULT_INSTRUCTION, Tokenizer
-from .checkpoint import open_checkpoint
+from .checkpoint import open_checkpoint, vl_role
 from .checkpoint.weights import load_fitted, read_head_rows
 from .contracts import RerankModel
 
@@ -92,8 +92,7 @@ class Reranker:
         """Documents ordered best first: [{"index", "score", "document"}], at most `top_n` of them."""
         top_n = check_top_n(top_n)
         scores = self.score(query, documents, instruction=instruction, batch_tokens=batch_tokens)
-        return [{"index": int(i), "score": float(scores[i]), "document": documents[i]}
-                for i in best_first(scores, top_n)]
+        return ranked(scores, documents, top_n)
 
     def score_ids(self, sequences: list[list[int]], *, batch_tokens: Optional[int] = None,
                   raw: bool = False) -> np.ndarray:
@@ -159,15 +158,21 @@ def _check_pairs(pairs) -> list[tuple[str, str]]:
 def load_reranker(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
                   dequantize: Optional[bool] = None, batch_tokens: Optional[int] = None,
                   max_length: Optional[int] = None, revision: Optional[str] = None) -> RerankModel:
-    """A local folder or hub id of Qwen3-Reranker (hub or mlx-community layout) -> a RerankModel (contracts.py).
+    """A local folder or hub id of Qwen3-Reranker (hub or mlx-community layout) -> a RerankModel (contracts.py); of
+    any Qwen3-VL model (Qwen3-VL-Reranker) -> a vision.reranker.VLReranker, which also ranks images and video.
     Options as `load`."""
     checkpoint = open_checkpoint(model, revision)
     if checkpoint.kind == "embedding":
         raise ValueError(f"{model} holds an embedding model (it has sentence-transformers pooling files), not a "
                          "reranker: load it with mlx_qwen3_embed.load, or give a Qwen3-Reranker folder")
-    if checkpoint.kind == "qwen3_vl":
-        raise ValueError(f"{model} holds a Qwen3-VL embedding model, not a reranker: load it with "
-                         "mlx_qwen3_embed.load, or give a Qwen3-Reranker folder")
+    if checkpoint.kind == "qwen3_vl" and vl_role(checkpoint) == "embedding":
+        raise ValueError(f"{model} holds a Qwen3-VL embedding model, not a reranker (its name or convert's mark "
+                         "says so): load it with mlx_qwen3_embed.load, or give a Qwen3-VL-Reranker folder")
+    if checkpoint.vision:  # a Qwen3-VL folder that does not say embedding: the caller says reranker (REFERENCE.md)
+        from .vision.reranker import load_vl_reranker  # only a Qwen3-VL checkpoint imports the vision modules
+
+        return load_vl_reranker(checkpoint, device=device, dtype=dtype, dequantize=dequantize,
+                                batch_tokens=batch_tokens, max_length=max_length)
     folder = checkpoint.folder
     qwen, args, device_plan = load_fitted(folder, plan(device, dtype, dequantize, batch_tokens), checkpoint.config)
     tokenizer = Tokenizer(folder)

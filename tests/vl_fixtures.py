@@ -205,3 +205,160 @@ def vl_instruct_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vl_reference(vl_model) -> Reference:
     return Reference(vl_model)
+
+
+# ------------------------------------------------------------------------------------------ Qwen3-VL-Reranker
+
+RERANK_SYSTEM = ("Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+                 "Note that the answer can only be \"yes\" or \"no\".")
+RERANK_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
+HEAD_SCALE = 0.6  # std of the yes/no head rows, as rerank_checkpoints.py draws them: scores spread over (0, 1)
+
+
+def write_vl_reranker_tokenizer(folder: Path) -> dict:
+    """write_vl_tokenizer's BPE trained also on the reranker's template, so "yes" and "no" are single tokens (as
+    in Qwen's vocabulary); the vision tokens listed as additional special tokens, as Qwen3-VL's config lists them
+    (the recipe's truncation keeps `all_special_ids`)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=460, special_tokens=VL_SPECIAL, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    template = [RERANK_SYSTEM, "<Instruct>: " + RERANK_INSTRUCTION, "<Query>:", "\n<Document>:", "assistant\n"]
+    tok.train_from_iterator(CORPUS + template * 3 + ["yes", "no"] * 50 + ["<0.5 seconds>"], trainer)
+    assert tok.token_to_id("yes") is not None and tok.token_to_id("no") is not None
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+        "additional_special_tokens": [t for t in VL_SPECIAL if t not in ("<|im_end|>", "<|endoftext|>")],
+        "padding_side": "left", "model_max_length": 8192, "add_bos_token": False}))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+    return {name: tok.token_to_id(name) for name in VL_SPECIAL + ["yes", "no"]} | {"size": tok.get_vocab_size()}
+
+
+def make_vl_reranker_checkpoint(folder: Path, seed: int = 2, tied: bool = True) -> Path:
+    """A Qwen/Qwen3-VL-Reranker-* style folder (the 2B ties its head; tied=False: the 8B's own lm_head.weight),
+    its "yes" and "no" head rows drawn apart so that scores spread (rerank_checkpoints.py says why)."""
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = write_vl_reranker_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = vl_config(ids, tie_word_embeddings=tied)
+    config["tie_word_embeddings"] = tied
+    model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(**config)).float().eval()
+    randomize(model, seed)
+    rng = np.random.default_rng(seed + 1000)
+    with torch.no_grad():
+        if not tied:
+            model.lm_head.weight.copy_(torch.from_numpy(
+                (0.05 * rng.standard_normal(tuple(model.lm_head.weight.shape))).astype(np.float32)))
+        rows = HEAD_SCALE * rng.standard_normal((2, config["text_config"]["hidden_size"]))
+        model.lm_head.weight[[ids["no"], ids["yes"]]] = torch.from_numpy(rows.astype(np.float32))
+        # every pair ends in the same tokens, so their hidden states share a large part: taken out of the
+        # direction, the logits centre near 0 and the scores spread instead of all sitting near 0 or 1
+        from tokenizers import Tokenizer
+
+        sample = (f"<|im_start|>system\n{RERANK_SYSTEM}<|im_end|>\n<|im_start|>user\n<Instruct>: "
+                  f"{RERANK_INSTRUCTION}<Query>:what is MLX?\n<Document>:{CORPUS[0]}<|im_end|>\n"
+                  "<|im_start|>assistant\n")
+        input_ids = torch.tensor([Tokenizer.from_file(str(folder / "tokenizer.json")).encode(sample).ids])
+        for _ in range(3):  # tied rows are also input embeddings ("yes" and "no" are in the system turn)
+            h = model.model(input_ids=input_ids).last_hidden_state[0, -1]
+            W = model.lm_head.weight
+            shift = (h @ (W[ids["yes"]] - W[ids["no"]])) / (h @ h) * h
+            W[ids["yes"]] -= shift / 2
+            W[ids["no"]] += shift / 2
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def truncate_like_the_recipe(ids: list, max_length: int, special: set) -> list:
+    """The recipe's `truncate_tokens_optimized(ids[:-5], max_length, all_special_ids) + ids[-5:]`, copied."""
+    tokens = ids[:-5]
+    if len(tokens) > max_length:
+        keep = max_length - sum(1 for t in tokens if t in special)
+        out, kept = [], 0
+        for t in tokens:
+            if t in special:
+                out.append(t)
+            elif kept < keep:
+                out.append(t)
+                kept += 1
+        tokens = out
+    return tokens + ids[-5:]
+
+
+class RerankReference(Reference):
+    """The official Qwen3VLReranker's scoring with transformers' parts: `format_mm_instruction`'s conversation,
+    the chat template with the generation prompt, its truncation, `lm.model(...).last_hidden_state[:, -1]`
+    through a one-row linear W[yes] - W[no], sigmoid; one pair at a time, as its `process` scores them."""
+
+    def __init__(self, folder: Path):
+        from transformers import Qwen3VLForConditionalGeneration
+
+        super().__init__(folder)
+        lm = Qwen3VLForConditionalGeneration.from_pretrained(str(folder), dtype="float32").eval()
+        self.model = lm.model
+        vocab = self.tokenizer.get_vocab()
+        self.direction = (lm.lm_head.weight[vocab["yes"]] - lm.lm_head.weight[vocab["no"]]).detach()
+        self.special = set(self.tokenizer.all_special_ids)
+
+    @staticmethod
+    def content(item, prefix: str) -> list:
+        item = {"text": item} if isinstance(item, str) else item
+        content = [{"type": "text", "text": prefix}]
+        content += [{"type": "video"} for _ in item.get("videos", [])]
+        content += [{"type": "image"} for _ in item.get("images", [])]
+        if item.get("text") is not None:
+            content.append({"type": "text", "text": item["text"]})
+        return content if len(content) > 1 else content + [{"type": "text", "text": "NULL"}]
+
+    def conversation(self, item: dict) -> list:
+        query, document = item["pair"]
+        user = [{"type": "text", "text": "<Instruct>: " + (item.get("instruction") or RERANK_INSTRUCTION)}]
+        user += self.content(query, "<Query>:") + self.content(document, "\n<Document>:")
+        return [{"role": "system", "content": [{"type": "text", "text": RERANK_SYSTEM}]},
+                {"role": "user", "content": user}]
+
+    def score(self, pairs: list, instruction: str | None = None, max_length: int = 10240) -> np.ndarray:
+        """pairs [(query, document)], each a str or {"text", "images": [PIL], "videos": [Patches]} -> (N,)."""
+        import torch
+
+        scores = []
+        for query, document in pairs:
+            parts = [{"text": p} if isinstance(p, str) else p for p in (query, document)]
+            item = {"pair": (query, document), "instruction": instruction,
+                    "images": [i for p in parts for i in p.get("images", [])],
+                    "videos": [v for p in parts for v in p.get("videos", [])]}
+            inputs = self.inputs([item])
+            ids = truncate_like_the_recipe(inputs["input_ids"][0].tolist(), max_length, self.special)
+            inputs["input_ids"] = torch.tensor([ids])
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+            inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.config.image_token_id).int() \
+                + 2 * (inputs["input_ids"] == self.config.video_token_id).int()
+            with torch.no_grad():
+                last = self.model(**inputs).last_hidden_state[:, -1]
+            scores.append(torch.sigmoid(last @ self.direction).item())
+        return np.array(scores, dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def vl_reranker_model(tmp_path_factory) -> Path:
+    return make_vl_reranker_checkpoint(tmp_path_factory.mktemp("vl") / "Qwen3-VL-Reranker-tiny")
+
+
+@pytest.fixture(scope="session")
+def vl_reranker_untied(tmp_path_factory) -> Path:
+    """The 8B's layout: its own lm_head.weight."""
+    return make_vl_reranker_checkpoint(tmp_path_factory.mktemp("vl") / "Qwen3-VL-Reranker-untied-tiny", seed=3,
+                                       tied=False)
+
+
+@pytest.fixture(scope="session")
+def vl_rerank_reference(vl_reranker_model) -> RerankReference:
+    return RerankReference(vl_reranker_model)

@@ -5,6 +5,9 @@ by default, or float (vision_bits=None): it is a small part of the weights (0.4 
 and every image token passes through all of it, so its error reaches image vectors undiluted (measured:
 README, "Images and video"). Keys stay in the hub layout (`model.language_model.*`, `model.visual.*`).
 dwq=True distils the quantized decoder toward the float model's vectors before saving (vl_distill.py).
+A Qwen3-VL-Reranker keeps the two LM head rows its score reads ("no", "yes") in float as `score_head.weight`
+(4 bits on the head's rows would shift every logit: the score is a small difference of two large rows), drops
+the rest of the head, and is marked a reranker in config.json (KIND_KEY), so no folder name is needed to tell.
 """
 
 import copy
@@ -24,8 +27,9 @@ from .conversion import (TOKENIZER_FILES, check_bits, check_quantization, copy_f
                          refuse_quantized, with_quantization)
 from .vl_distill import calibration_items, distill_vl
 from ..vision.embedder import VLEmbedder
-from ..checkpoint.vl_weights import clean_keys
-from ..checkpoint.weights import check, read_tensors
+from ..checkpoint.vl_weights import SCORE_HEAD_KEY, clean_keys, read_vl_head_rows
+from ..tokenizer import read_tokenizer
+from ..checkpoint.weights import KIND_KEY, check, read_tensors
 
 EXTRA_FILES = [*TOKENIZER_FILES, "chat_template.json", "chat_template.jinja", "preprocessor_config.json",
                "video_preprocessor_config.json"]
@@ -73,21 +77,32 @@ def convert_vl(src: str, dst: str, *, bits: Optional[int] = None, group_size: in
                vision_bits: Optional[int] = 8, dtype: Optional[str] = None, dwq: bool = False,
                calibration: Optional[str] = None, images: int = 48, steps: int = 300, lr: float = 1e-3,
                batch_tokens: int = 2048, checkpoint: bool = False, vision_dwq: bool = False,
-               callback: Optional[Callable[[int, float], None]] = None) -> dict:
+               callback: Optional[Callable[[int, float], None]] = None, reranker: Optional[bool] = None) -> dict:
     """Original Qwen3-VL weights at `src` (folder or hub id) -> quantized folder at `dst` (must not exist).
 
     dwq=True tunes the quantized scales/biases so the vectors match the float model's (vl_distill.py) on the
     `calibration` texts (default: the packaged set) and `images` synthetic images; steps, lr, batch_tokens,
     checkpoint are distill's settings, vision_dwq also tunes the vision tower, callback(step, loss) the progress.
+    reranker: convert a Qwen3-VL-Reranker (default: when the source's name or mark says so; nothing else tells).
     Returns {"path", "size_bytes", "quantization"}, plus "dwq": the DistillReport when dwq=True."""
     bits = check_quantization(bits, group_size)
     dst_path = Path(dst).expanduser()
     refuse_existing(dst_path)
     items = calibration_items(calibration, images) if dwq else None  # a bad file fails before loading
     source = open_checkpoint(src)
+    reranker = source.kind == "qwen3_vl_reranker" if reranker is None else reranker
+    if reranker and dwq:
+        raise ValueError(f"{source.name} is a reranker: dwq distils embedding vectors; convert it without dwq")
     folder = source.folder
     dtype = output_dtype(dtype, source.config)
     model, config = load_float_vl(folder, dtype, source.config)
+    weights = {}
+    if reranker:
+        no_yes = [read_tokenizer(folder).token_to_id(t) for t in ("no", "yes")]
+        if None in no_yes:
+            raise ValueError(f"{folder / 'tokenizer.json'} has no 'yes' or 'no' token: not a Qwen3-VL-Reranker")
+        weights["score_head.weight"] = read_vl_head_rows(folder, source.config, model.args, no_yes)
+        config[KIND_KEY], config[SCORE_HEAD_KEY] = "reranker", no_yes
     config = quantize_vl(model, config, bits, group_size, vision_bits)
     config["torch_dtype"] = dtype
     report = None
@@ -99,7 +114,7 @@ def convert_vl(src: str, dst: str, *, bits: Optional[int] = None, group_size: in
                             model,
                             embedder, items, vision=vision_dwq, steps=steps, lr=lr, batch_tokens=batch_tokens,
                             checkpoint=checkpoint, callback=callback)
-    weights = {"model." + k: v for k, v in tree_flatten(model.parameters())}
+    weights |= {"model." + k: v for k, v in tree_flatten(model.parameters())}
     with building_folder(dst_path) as tmp:
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))

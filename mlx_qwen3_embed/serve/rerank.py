@@ -1,9 +1,11 @@
 """The rerank dialects: Cohere's `POST /v1/rerank` and `/v2/rerank` (Jina's /v1/rerank has the same shape) and
 TEI's `POST /rerank`. Each handler checks and tokenizes its request, then hands the pairs to the one BatchWorker.
+Only /v1/rerank takes images, in Jina's shape (documents and query as {"image": data URL or base64}, with or
+without "text"); /v2/rerank and /rerank are text APIs and refuse one naming /v1/rerank.
 """
 
 import uuid
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from fastapi import FastAPI
@@ -14,6 +16,7 @@ from ..checks import best_first, check_top_n, sigmoid
 from ..contracts import RerankModel
 from . import jobs
 from .errors import COHERE_PATHS, TEI_RERANK_PATH, ApiError
+from .items import read_images
 from .worker import BatchWorker
 
 RERANK_PATHS = COHERE_PATHS + (TEI_RERANK_PATH,)
@@ -21,8 +24,8 @@ RERANK_PATHS = COHERE_PATHS + (TEI_RERANK_PATH,)
 
 class CohereRequest(BaseModel):
     """Cohere's (and Jina's) rerank request, plus our `instruction` (what relevance means to the model)."""
-    query: StrictStr
-    documents: list[Any] = Field(..., description='strings, or {"text": ...} objects')
+    query: Union[StrictStr, dict[str, Any]] = Field(..., description='a string, or on /v1 {"image": ...} (Jina)')
+    documents: list[Any] = Field(..., description='strings, or {"text": ...} (on /v1 also {"image": ...}) objects')
     model: Optional[StrictStr] = None
     top_n: Optional[StrictInt] = None
     return_documents: Optional[StrictBool] = Field(None, description="default: true on /v1 (Jina), false on /v2")
@@ -43,10 +46,11 @@ class TeiRequest(BaseModel):
 
 
 def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorker, metrics, *, model_id: str,
-               max_inputs: int):
-    """Register the rerank routes on `app`; without a reranker they answer 404 naming the fix."""
+               max_inputs: int, allow_remote_images: bool = False):
+    """Register the rerank routes on `app`; without a reranker they answer 404 naming the fix.
+    allow_remote_images: /v1/rerank's images may be http(s) URLs, downloaded by the server (serve/items.py)."""
 
-    async def scores(query: str, documents: list[str], instruction: Optional[str], truncate: bool,
+    async def scores(query: Any, documents: list, instruction: Optional[str], truncate: bool,
                      param: str) -> tuple[np.ndarray, int]:
         """-> (yes - no logits (N,), tokens) through the worker, or an ApiError."""
         if reranker is None:
@@ -56,9 +60,14 @@ def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorke
         try:
             sequences = await run_in_threadpool(reranker.prepare_pairs, [(query, d) for d in documents],
                                                 instruction=instruction, truncate=truncate)
-        except ValueError as e:  # a query that does not fit, or (TEI without truncate) an over-long pair
+        except ValueError as e:
+            if "max_length" not in str(e):  # an item without content, an unreadable image: the model's refusal
+                raise _refused(e, param) from None
+            # a query that does not fit, or (TEI without truncate) an over-long pair
             raise ApiError(jobs.named(str(e), param), "query" if "query" in str(e) else param,
                            "context_length_exceeded", status=413 if not truncate else 400) from None
+        except (TypeError, FileNotFoundError) as e:  # an image for a text reranker
+            raise _refused(e, param) from None
         logits = await jobs.run(worker, sequences, 1, kind="rerank")
         tokens = sum(len(s) for s in sequences)
         metrics.embedded(len(sequences), tokens)
@@ -66,12 +75,20 @@ def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorke
 
     async def cohere(body: CohereRequest, version: str):
         top_n = _check_top_n(body.top_n)
-        documents = _texts(body.documents, "documents")
-        logits, tokens = await scores(body.query, documents, body.instruction, True, "documents")
+        images = version == "1"  # Jina's shape; Cohere's v2 is text only
+        documents = _documents(body.documents, "documents", images)
+        query = _query(body.query, images)
+        if images:  # the bytes the model reads; the request's objects are what comes back
+            query = query if isinstance(query, str) else read_images(query, None, allow_remote_images, "query")
+            read = [d if isinstance(d, str) else read_images(d, i, allow_remote_images, "documents")
+                    for i, d in enumerate(documents)]
+        else:
+            read = documents
+        logits, tokens = await scores(query, read, body.instruction, True, "documents")
         relevance = sigmoid(logits)
         keep = body.return_documents if body.return_documents is not None else version == "1"
         results = [{"index": i, "relevance_score": float(relevance[i]),
-                    **({"document": {"text": documents[i]}} if keep else {})} for i in best_first(relevance, top_n)]
+                    **({"document": _returned(documents[i])} if keep else {})} for i in best_first(relevance, top_n)]
         return {"id": str(uuid.uuid4()), "results": results, "model": model_id,
                 "usage": {"total_tokens": tokens, "prompt_tokens": tokens},
                 "meta": {"api_version": {"version": version}, "billed_units": {"search_units": 1},
@@ -87,6 +104,10 @@ def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorke
 
     @app.post(TEI_RERANK_PATH)
     async def tei(body: TeiRequest):
+        if any(isinstance(t, dict) and "image" in t for t in body.texts):
+            i = next(i for i, t in enumerate(body.texts) if isinstance(t, dict) and "image" in t)
+            raise ApiError(f"texts[{i}] has an image: TEI's /rerank ranks text; send image documents to /v1/rerank "
+                           '(Jina\'s shape: {"image": "<data URL or base64>"})', "texts", "invalid_value")
         texts = _texts(body.texts, "texts", objects=False)
         logits, _ = await scores(body.query, texts, body.instruction, bool(body.truncate), "texts")
         values = logits if body.raw_scores else sigmoid(logits)
@@ -101,12 +122,61 @@ def _check_top_n(top_n: Optional[int]) -> Optional[int]:
         raise ApiError(f"top_n must be at least 1, got {top_n}", "top_n", "invalid_value") from None
 
 
-def _texts(given: list, param: str, objects: bool = True) -> list[str]:
+def _refused(e: Exception, param: str) -> ApiError:
+    """The model's refusal of the query or of documents[i] (prepare_pairs names them "pairs[i]: the query ...")."""
+    message = str(e)
+    if ": the query" in message:  # the query is the request's, whichever pair the model found it in
+        code = "invalid_type" if isinstance(e, TypeError) else "invalid_value"
+        return ApiError("query" + message.split(": the query", 1)[1], "query", code)
+    return jobs.refused(e, param)
+
+
+def _query(query: Any, images: bool) -> Any:
+    """The request's query: a string, or (Jina's /v1) an object with "text" and/or "image"."""
+    if isinstance(query, str):
+        return query
+    if not images:
+        raise ApiError("query must be a string: /v2/rerank ranks text; send an image query to /v1/rerank "
+                       '(Jina\'s shape: "query": {"image": "<data URL or base64>"})', "query", "invalid_type")
+    unknown = sorted(set(query) - {"text", "image"})
+    if unknown or not query:
+        raise ApiError(f'query must be a string or {{"text", "image"}}, got key {unknown[0] if unknown else "none"}'
+                       f'{"" if unknown else "s"}', "query", "invalid_value")
+    return query
+
+
+def _documents(given: list, param: str, images: bool) -> list:
+    """Cohere's and Jina's documents: strings, {"text": ...} (-> the string) and, with `images` (Jina's /v1),
+    {"image": ..., "text"?: ...} objects kept as they are; an ApiError naming the bad one."""
+    if not given:
+        raise ApiError(f"{param} is empty: send at least one document", param, "empty_input")
+    documents = []
+    for i, item in enumerate(given):
+        if isinstance(item, dict) and "image" in item:
+            if not images:
+                raise ApiError(f"{param}[{i}] has an image: /v2/rerank ranks text; send image documents to "
+                               '/v1/rerank (Jina\'s shape: {"image": "<data URL or base64>"})', param,
+                               "invalid_value")
+            if "text" in item and not isinstance(item["text"], str):
+                raise ApiError(f"{param}[{i}].text must be a string, got {type(item['text']).__name__}", param,
+                               "invalid_type")
+            documents.append({k: item[k] for k in ("text", "image") if k in item})
+            continue
+        documents.append(_texts([item], param, offset=i)[0])
+    return documents
+
+
+def _returned(document: Any) -> dict:
+    """A result's document: {"text": ...}, or the request's image object as it came."""
+    return {"text": document} if isinstance(document, str) else document
+
+
+def _texts(given: list, param: str, objects: bool = True, offset: int = 0) -> list[str]:
     """Documents as strings (Cohere and Jina also take {"text": ...}), or an ApiError naming the bad one."""
     if not given:
         raise ApiError(f"{param} is empty: send at least one document", param, "empty_input")
     texts = []
-    for i, item in enumerate(given):
+    for i, item in enumerate(given, offset):
         if objects and isinstance(item, dict) and isinstance(item.get("text"), str):
             item = item["text"]
         if not isinstance(item, str):

@@ -29,7 +29,9 @@ from ..checkpoint.vl_weights import load_vl_model, plan_vl_memory, read_vl_confi
 
 DEFAULT_VL_INSTRUCTION = "Represent the user's input."
 MAX_LENGTH = 8192  # the recipe's
-ITEM_KEYS = ("text", "image", "video", "instruction")
+MEDIA_KEYS = ("text", "image", "video")  # what an item holds; the embedder's may also carry its "instruction"
+ITEM_KEYS = MEDIA_KEYS + ("instruction",)
+PLACEHOLDERS = ("<|image_pad|>", "<|video_pad|>")  # the model's own tokens for pixels: never in a text
 PAD = "<|endoftext|>"
 
 
@@ -39,6 +41,15 @@ def format_instruction(instruction: Optional[str]) -> str:
     if not instruction:
         return DEFAULT_VL_INSTRUCTION
     return instruction if unicodedata.category(instruction[-1]).startswith("P") else instruction + "."
+
+
+@dataclass
+class Part:
+    """An item's content as the user turn holds it: the vision blocks (video first, then images), their pixels in
+    that order, the text."""
+    vision: str
+    visuals: list
+    text: str
 
 
 @dataclass
@@ -168,27 +179,44 @@ class VLEmbedder:
     def prepare(self, item: Any, index: int = 0, instruction: Optional[str] = None,
                 max_length: Optional[int] = None) -> Prepared:
         """One item -> its token ids, rotary positions and pixels (the recipe's prompt). Errors name `index`."""
+        where = f"item {index}"
+        own = item.get("instruction", instruction) if isinstance(item, dict) else instruction
+        part = self.read_part(item, where, ITEM_KEYS)
+        if own is not None and not isinstance(own, str):
+            raise TypeError(f"{where}'s instruction must be a str, got {type(own).__name__}")
+        head, tail = self._template(format_instruction(own), part.vision)
+        ids = self._encode(head) + self._encode(part.text) + self._encode(tail)
+        ids, positions = self._expand(ids, part.visuals, index)
+        limit = self.max_length if max_length is None else max_length
+        if len(ids) > limit:
+            raise ValueError(f"{where} has {len(ids)} tokens, more than max_length {limit}: "
+                             "shorten its text or use smaller images")
+        return Prepared(ids, positions, part.visuals)
+
+    def read_part(self, item: Any, where: str, keys: tuple[str, ...] = MEDIA_KEYS) -> "Part":
+        """An item (a str, or a dict of `keys`) -> its Part: videos and images read and preprocessed (this model's
+        pixel rules), the vision blocks the user turn holds for them, its text. Errors name `where`. Shared with
+        vision/reranker.py, whose queries and documents are such items."""
         if isinstance(item, str):
             item = {"text": item}
         if not isinstance(item, dict):
-            raise TypeError(f"item {index} must be a str or a dict, got {type(item).__name__}")
-        unknown = sorted(set(item) - set(ITEM_KEYS))
+            raise TypeError(f"{where} must be a str or a dict, got {type(item).__name__}")
+        unknown = sorted(set(item) - set(keys))
         if unknown:
-            raise ValueError(f"item {index} has unknown key {unknown[0]!r}: use {', '.join(ITEM_KEYS)}")
+            raise ValueError(f"{where} has unknown key {unknown[0]!r}: use {', '.join(keys)}")
         text, image, video = item.get("text"), item.get("image"), item.get("video")
         if text is None and image is None and video is None:
-            raise ValueError(f"item {index} has none of text, image and video: give at least one")
+            raise ValueError(f"{where} has none of text, image and video: give at least one")
         if text is not None and not isinstance(text, str):
-            raise TypeError(f"item {index}'s text must be a str, got {type(text).__name__}")
-        own = item.get("instruction", instruction)
-        if own is not None and not isinstance(own, str):
-            raise TypeError(f"item {index}'s instruction must be a str, got {type(own).__name__}")
+            raise TypeError(f"{where}'s text must be a str, got {type(text).__name__}")
+        if text is not None and any(p in text for p in PLACEHOLDERS):
+            raise ValueError(f"{where}'s text holds an image or video placeholder token: remove it")
         sources = [] if image is None else image if isinstance(image, (list, tuple)) else [image]
         if image is not None and not sources:
-            raise ValueError(f"item {index} has an empty list of images")
+            raise ValueError(f"{where} has an empty list of images")
         visuals, vision = [], ""
         if video is not None:
-            patches, stamps = self._video(video, index)
+            patches, stamps = self._video(video, where)
             visuals.append(patches)
             # the recipe's transformers (4.57) puts each temporal patch in its own vision block after its time
             vision = "".join(f"<{s:.1f} seconds><|vision_start|><|video_pad|><|vision_end|>" for s in stamps)
@@ -197,16 +225,9 @@ class VLEmbedder:
                 rgb = _images.open_image(source, self.max_image_pixels)
                 visuals.append(_images.preprocess(rgb, self.min_pixels, self.max_pixels))
             except (ValueError, TypeError, FileNotFoundError) as e:
-                raise type(e)(f"item {index}: {e}") from None
+                raise type(e)(f"{where}: {e}") from None
         vision += "<|vision_start|><|image_pad|><|vision_end|>" * len(sources)  # the user turn: video, images, text
-        head, tail = self._template(format_instruction(own), vision)
-        ids = self._encode(head) + self._encode_text(text or "", index) + self._encode(tail)
-        ids, positions = self._expand(ids, visuals, index)
-        limit = self.max_length if max_length is None else max_length
-        if len(ids) > limit:
-            raise ValueError(f"item {index} has {len(ids)} tokens, more than max_length {limit}: "
-                             "shorten its text or use smaller images")
-        return Prepared(ids, positions, visuals)
+        return Part(vision, visuals, text or "")
 
     @staticmethod
     def _template(system: str, vision: str) -> tuple[str, str]:
@@ -214,31 +235,24 @@ class VLEmbedder:
         return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{vision}",
                 "<|im_end|>\n<|im_start|>assistant\n")
 
-    def _video(self, video: Any, index: int):
-        """A video file's path or a list of frames -> (images.Patches, timestamps), errors naming the item."""
+    def _video(self, video: Any, where: str):
+        """A video file's path or a list of frames -> (images.Patches, timestamps), errors naming `where`."""
         if isinstance(video, (str, os.PathLike)) and os.fspath(video).startswith(("http://", "https://")):
-            raise ValueError(f"item {index}'s video is a URL: download it and give the file's path")
+            raise ValueError(f"{where}'s video is a URL: download it and give the file's path")
         if not isinstance(video, (str, os.PathLike, list, tuple)):
-            raise TypeError(f"item {index}'s video must be a file path or a list of frames, "
+            raise TypeError(f"{where}'s video must be a file path or a list of frames, "
                             f"got {type(video).__name__}")
         if not video:
-            raise ValueError(f"item {index}'s video has no frames")
+            raise ValueError(f"{where}'s video has no frames")
         try:
             if isinstance(video, (str, os.PathLike)):
                 return _video.preprocess_video_file(os.fspath(video), self.max_image_pixels)
             return _images.preprocess_video([_images.open_image(f, self.max_image_pixels) for f in video])
         except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
-            raise type(e)(f"item {index}: {e}") from None
+            raise type(e)(f"{where}: {e}") from None
 
     def _encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
-
-    def _encode_text(self, text: str, index: int) -> list[int]:
-        ids = self._encode(text)
-        special = {self.args.image_token_id, self.args.video_token_id}
-        if special & set(ids):
-            raise ValueError(f"item {index}'s text holds an image or video placeholder token: remove it")
-        return ids
 
     def _expand(self, ids: list[int], visuals: list, index: int) -> tuple[list[int], np.ndarray]:
         """Each placeholder -> one token per merged 2x2 patch block; 3-axis rotary positions for all tokens:
