@@ -3,6 +3,7 @@ hidden name and renamed into place at the end, so an interrupted run (an error, 
 never leaves a half-written file or folder at the destination. Finished files and folders get the umask's usual
 permissions (a temporary one is created private)."""
 
+import errno
 import glob
 import os
 import shutil
@@ -13,7 +14,9 @@ from typing import BinaryIO, Callable, Iterator
 
 
 def write_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write` on a temporary binary file beside `path`, flush it to disk, then rename it to `path`."""
+    """Call `write` on a temporary binary file beside `path`, flush it to disk, then rename it to `path`.
+
+    A full disk is OSError(ENOSPC, "no space left on device writing PATH ..."), and nothing is left at `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -23,9 +26,34 @@ def write_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if disk_full(e):
+            raise no_space(path) from None
         raise
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether `e` says the disk (or the user's quota) is full: ENOSPC/EDQUOT, or numpy's short write
+    ("N requested and M written", no errno), or a library's OSError that only names it."""
+    if not isinstance(e, OSError):
+        return False
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return e.errno is None and (("requested and" in text and "written" in text) or "No space left" in text)
+
+
+def no_space(path: Path) -> OSError:
+    return OSError(errno.ENOSPC, f"no space left on device writing {path}: free some space (or write elsewhere) "
+                                 "and run again")
+
+
+def refuse_overwrite(path: Path, overwrite: bool) -> None:
+    """The one rule for an output file: an existing `path` is replaced only with --overwrite (overwrite=True)."""
+    path = Path(path)
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise FileExistsError(f"{path} exists: pass --overwrite (overwrite=True) to replace it")
 
 
 def partial_prefix(dst: Path) -> str:
@@ -69,8 +97,10 @@ def building_folder(dst: Path) -> Iterator[Path]:
         refuse_existing(dst)
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
         os.rename(tmp, dst)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(e):
+            raise no_space(dst) from None
         raise
 
 

@@ -257,6 +257,10 @@ def load(model: str, *, device: Optional[str] = None, dtype: Optional[str] = Non
     _pooling.check(pooling)
     cache = VectorCache(cache_size) if cache_size else None
     checkpoint = open_checkpoint(model, revision)
+    if checkpoint.kind == "qwen3_vl_reranker":
+        raise ValueError(f"{model} holds a Qwen3-VL reranker (its name says rerank, or convert marked it), not an "
+                         "embedding model: load it with mlx_qwen3_embed.load_reranker, or give a Qwen3-VL-Embedding "
+                         "folder")
     if checkpoint.kind == "qwen3_vl":
         if cache_size:
             raise ValueError("cache_size is for Qwen3 text models; Qwen3-VL items are not cached")

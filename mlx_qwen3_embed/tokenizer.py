@@ -30,7 +30,15 @@ def read_tokenizer(folder: Path) -> _HFTokenizer:
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer.json in {folder}: is this a model folder?")
-    tokenizer = _HFTokenizer.from_file(str(path))
+    try:
+        tokenizer = _HFTokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception ("expected value at line 1 column 1")
+        try:
+            json.loads(path.read_bytes())
+        except ValueError as bad:
+            raise ValueError(f"{path} is not JSON ({bad}): the download is damaged; delete it and download "
+                             "it again") from None
+        raise ValueError(f"{path} is not a tokenizer `tokenizers` can read ({e}): is this a model folder?") from None
     tokenizer.no_truncation()
     tokenizer.no_padding()
     return tokenizer

@@ -44,19 +44,35 @@ class Verdict:
 def verify(embedder: EmbeddingModel, *, tolerance: float = TOLERANCE,
            expected: Optional[Sequence[Sequence[float]]] = None) -> Verdict:
     """Embed the card's example and compare with its matrix (or `expected`, a 2x2 list, for other checkpoints)."""
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
-        raise ValueError(f"tolerance must be a number between 0 and 1, got {tolerance!r}")
+    check_tolerance(tolerance)
     if expected is None:
         if embedder.dim not in CARD_SCORES:
             sizes = ", ".join(f"{n} ({d})" for d, (n, _) in CARD_SCORES.items())
             raise ValueError(f"{embedder.name} embeds in {embedder.dim} dimensions; the cards cover {sizes}: pass "
-                             "the expected 2x2 matrix yourself")
+                             "the expected 2x2 matrix yourself (mlx-embed verify --expected, or expected=)")
         card, expected = CARD_SCORES[embedder.dim]
     else:
         card = "given"
-    expected = np.asarray(expected, dtype=np.float64)
-    if expected.shape != (2, 2):
-        raise ValueError(f"expected must be a 2x2 matrix (queries x documents), got shape {expected.shape}")
+    expected = check_expected(expected)
     queries = embedder.embed(QUERIES, instruction=DEFAULT_INSTRUCTION)
     documents = embedder.embed(DOCUMENTS)
     return Verdict(card, (queries @ documents.T).astype(np.float64), expected, float(tolerance))
+
+
+def check_tolerance(tolerance, name: str = "tolerance") -> float:
+    """A number strictly between 0 and 1, else ValueError naming `name`."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
+        raise ValueError(f"{name} must be a number between 0 and 1, got {tolerance!r}")
+    return float(tolerance)
+
+
+def check_expected(expected, name: str = "expected") -> np.ndarray:
+    """A 2x2 matrix of numbers (queries x documents) as float64, else ValueError naming `name` and the value."""
+    wanted = f"{name} must be a 2x2 matrix of numbers (queries x documents), like [[0.76, 0.14], [0.13, 0.60]]"
+    try:
+        matrix = np.asarray(expected, dtype=np.float64)
+    except (ValueError, TypeError):  # rows of different lengths, or not numbers
+        raise ValueError(f"{wanted}, got {expected!r}") from None
+    if matrix.shape != (2, 2):
+        raise ValueError(f"{wanted}, got shape {matrix.shape}: {expected!r}")
+    return matrix

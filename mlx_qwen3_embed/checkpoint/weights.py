@@ -113,6 +113,8 @@ def safetensors_files(folder: Path, prefixes: tuple[str, ...] = ()) -> list[Path
         files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {folder}: is this a model folder?")
+    for f in files:
+        read_header(f)  # a cut-short or empty file is an error naming it, before mx.load reads it
     return files
 
 
@@ -264,17 +266,28 @@ def read_head_rows(folder: Path, args: ModelArgs, ids: list[int]) -> mx.array:
     """Rows `ids` of the LM head, float32 (len(ids), D): `lm_head.weight` when the checkpoint has one (the 8B
     reranker), else the tied `embed_tokens.weight` (0.6B, 4B). A quantized matrix's groups run along D, so its
     rows dequantize on their own: the full (V, D) head is never built."""
-    wanted = ("lm_head.", "embed_tokens.")
-    tensors = {}
-    for f in safetensors_files(folder, wanted):
-        for key, value in mx.load(str(f)).items():
-            key = key.removeprefix("model.")
-            if key.startswith(wanted):
-                tensors[key] = value
+    tensors = read_prefixed(folder, ("lm_head.", "embed_tokens."))
     module = "lm_head" if "lm_head.weight" in tensors else "embed_tokens"
     if module == "embed_tokens" and not args.tie_word_embeddings:
         raise ValueError(f"{folder} has no lm_head.weight but config.json says tie_word_embeddings false: "
                          "not a reranker checkpoint (an embedding model?)")
+    return head_rows(tensors, module, ids, args, folder)
+
+
+def read_prefixed(folder: Path, prefixes: tuple[str, ...]) -> dict[str, mx.array]:
+    """The tensors whose name (without `model.`) starts with one of `prefixes`, from the shards that hold them."""
+    tensors = {}
+    for f in safetensors_files(folder, prefixes):
+        for key, value in mx.load(str(f)).items():
+            key = key.removeprefix("model.")
+            if key.startswith(prefixes):
+                tensors[key] = value
+    return tensors
+
+
+def head_rows(tensors: dict[str, mx.array], module: str, ids: list[int], args: ModelArgs, folder: Path) -> mx.array:
+    """Rows `ids` of `module`'s weight, float32 (len(ids), D). A quantized matrix's groups run along D, so its
+    rows dequantize on their own: the full (V, D) matrix is never built. args: the quantization's."""
     if f"{module}.weight" not in tensors:
         raise ValueError(f"{folder} lacks tensor {module}.weight: the checkpoint is incomplete")
     index = mx.array(ids)
@@ -307,12 +320,40 @@ def tensor_table(folder: Path) -> dict[str, dict]:
 
 
 def read_header(path: Path) -> dict:
-    """A safetensors file's tensor table {key: {"dtype", "shape", "data_offsets"}}, without reading tensors."""
+    """A safetensors file's tensor table {key: {"dtype", "shape", "data_offsets"}}, without reading tensors.
+
+    Checks the file against its own header: an empty file, a header that is not one, or a file shorter than its
+    data offsets say (an interrupted download) is a ValueError naming the file, what is wrong and the fix."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): an interrupted download or copy; {_fetch_again(path)}")
     with open(path, "rb") as f:
         length = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(length))
+        if size < 8 or 8 + length > size:
+            raise ValueError(f"{path} is truncated: {size} bytes, shorter than its own header says (an interrupted "
+                             f"download or copy); {_fetch_again(path)}")
+        try:
+            header = json.loads(f.read(length))
+            ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise ValueError(f"{path} is not a safetensors file (its header is not a tensor table); "
+                             f"{_fetch_again(path)}") from None
+    expected = 8 + length + max(ends, default=0)
+    if size < expected:
+        raise ValueError(f"{path} is truncated: {size} of {expected} bytes (an interrupted download or copy); "
+                         f"{_fetch_again(path)}")
     header.pop("__metadata__", None)
     return header
+
+
+def _fetch_again(path: Path) -> str:
+    """The fix for a damaged weights file: delete it and fetch it again (a hub cache file is a link to a blob)."""
+    if path.parent.parent.name == "snapshots" and path.is_symlink():  # models--org--name/snapshots/<commit>/
+        repo = path.parent.parent.parent.name.removeprefix("models--").replace("--", "/")
+        return (f"delete it from the Hugging Face cache (rm {path.resolve()} {path}) and run again to download "
+                f"{repo} again")
+    return "delete it and download (or copy) it again"
 
 
 def stored_bytes(folder: Path, contains: tuple[str, ...]) -> int:

@@ -1,8 +1,14 @@
 """`mlx-embed convert`: original weights -> the mlx-community quantized layout."""
 
+import os
+import shutil
+from pathlib import Path
+
 import typer
 
 from .options import friendly_errors
+
+DWQ_DEFAULTS = {"steps": 300, "lr": 1e-3, "batch_tokens": 2048}  # quant.quantize.convert's
 
 
 @friendly_errors
@@ -23,21 +29,39 @@ def convert(
                                                   "the memory available (0.6B: ~14 GB, ~5.2 GB with --checkpoint)."),
     calibration: str | None = typer.Option(None, help="--dwq texts: JSON Lines {text, kind: query|document} "
                                                       "(default: mlx_qwen3_embed/data/calibration/calibration.jsonl)."),
-    steps: int = typer.Option(300, help="--dwq training steps."),
-    lr: float = typer.Option(1e-3, help="--dwq learning rate, in units of each layer's quantization step."),
-    batch_tokens: int = typer.Option(2048, help="--dwq padded tokens per training step."),
+    # None: not given, so that a --dwq setting without --dwq is refused rather than ignored
+    steps: int | None = typer.Option(None, help=f"--dwq training steps [{DWQ_DEFAULTS['steps']}]."),
+    lr: float | None = typer.Option(None, help="--dwq learning rate, in units of each layer's quantization step "
+                                               f"[{DWQ_DEFAULTS['lr']}]."),
+    batch_tokens: int | None = typer.Option(None, help="--dwq padded tokens per training step "
+                                                       f"[{DWQ_DEFAULTS['batch_tokens']}]."),
     checkpoint: bool = typer.Option(False, help="--dwq: recompute blocks in the backward pass (less memory: 4B/8B)."),
     vision_bits: int = typer.Option(8, help="Qwen3-VL: bits of the vision tower (0: keep it float)."),
 ):
     """Quantize original Qwen3-Embedding (or Qwen3-VL) weights into a folder that this package loads."""
+    # before anything loads (a --dwq run trains for minutes before it writes): the settings and the destination
+    given = {"--steps": steps, "--lr": lr, "--batch-tokens": batch_tokens, "--calibration": calibration,
+             "--checkpoint": checkpoint or None}
+    stray = [flag for flag, value in given.items() if value is not None]
+    if stray and not dwq:
+        raise ValueError(f"{', '.join(stray)} only appl{'ies' if len(stray) == 1 else 'y'} with --dwq: add --dwq, "
+                         f"or leave {'it' if len(stray) == 1 else 'them'} out")
+    steps = DWQ_DEFAULTS["steps"] if steps is None else steps
+    lr = DWQ_DEFAULTS["lr"] if lr is None else lr
+    batch_tokens = DWQ_DEFAULTS["batch_tokens"] if batch_tokens is None else batch_tokens
+    check_destination(Path(dst).expanduser())
+
     from ..checkpoint import open_checkpoint
     from ..quant import quantize
+
+    source = open_checkpoint(src, weights=False)
+    check_space(Path(dst).expanduser(), output_bytes(source, bits or 4, group_size, vision_bits if source.vision else 0))
 
     def progress(step: int, loss: float):
         if step % 10 == 0 or step == steps:
             typer.echo(f"dwq step {step}/{steps}: loss {loss:.5f}", err=True)
 
-    if open_checkpoint(src, weights=False).kind == "qwen3_vl":  # Qwen3-VL (vl_quantize.py; --dwq: vl_distill.py, texts and synthetic images)
+    if source.vision:  # Qwen3-VL, embedder or reranker (vl_quantize.py; --dwq: vl_distill.py)
         if recipe is not None:
             raise ValueError("--recipe is for Qwen3 text models; Qwen3-VL takes --bits and --vision-bits")
         from ..quant.vl_quantize import convert_vl
@@ -61,3 +85,42 @@ def convert(
                f"group size {result['quantization']['group_size']}, {overrides} modules at other bits)")
     if "dwq" in result:
         typer.echo(result["dwq"].summary())
+
+
+def check_destination(dst: Path) -> None:
+    """`dst` must not exist and its nearest existing parent must be a folder this user may write in (the
+    conversion makes the missing ones): said before minutes of loading, quantizing or training."""
+    from ..atomic import refuse_existing
+
+    refuse_existing(dst)
+    parent = dst.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write {dst}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {dst}: no permission to write in {parent}; choose a destination "
+                              "you can write to")
+
+
+def output_bytes(source, bits: int, group_size: int, vision_bits: int) -> int:
+    """About what the converted folder will take: each weight at the widest of its bits, plus a 16-bit scale and
+    bias per group (0 when the source's weights are not on this disk yet: a hub id still to download)."""
+    from ..checkpoint import decoder_args
+    from ..checkpoint.summary import summary
+    from ..checkpoint.weights import has_weights
+
+    if not has_weights(source.folder):
+        return 0
+    return int(summary(source.folder, decoder_args(source))["parameters"] * (max(bits, vision_bits) + 32 / group_size) / 8)
+
+
+def check_space(dst: Path, need: int) -> None:
+    """Refuse, before anything loads, a destination whose disk has less free space than the output needs."""
+    parent = dst.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if need > free:
+        raise OSError(f"not enough space for {dst}: the converted model needs about {need / 2**20:.0f} MiB and "
+                      f"{parent}'s disk has {free / 2**20:.0f} MiB free; free some space or choose another place")

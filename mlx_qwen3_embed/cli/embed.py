@@ -44,7 +44,7 @@ def embed(
                                                    "(default: the 0-based line number)."),
     precision: str = typer.Option("float32", help="float32, float16, int8, uint8, binary or ubinary "
                                                   "(sentence-transformers' semantics; --file/--output jobs)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished --output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output (refused without it)."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress",
                                          help="Progress on stderr (default: when stderr is a terminal)."),
     # Qwen3-VL models (cli/items.py): image items, and --file lines {"text", "image", "video"}
@@ -69,18 +69,20 @@ def embed(
     from .items import fetch_remote_images, flag_items
     from .output import check_output, write_in_chunks
 
-    check_output(output, format)  # before the model loads: a bad --output costs nothing
+    check_output(output, format, overwrite)  # before the model loads: a bad --output costs nothing
     loading = dict(device=device, dtype=dtype, max_length=max_length, pooling=pooling, layer=layer)
     if file not in (None, "-") and output is not None and not texts and not image:
         return corpus_job(model, file, output, loading, instruction, prompt_name, prompt, dim, normalize, truncate,
                           batch_tokens, text_field, id_field, precision, overwrite, progress)
-    if precision != "float32" or id_field is not None or text_field != "text" or overwrite:
-        raise ValueError("--precision, --id-field, --text-field and --overwrite belong to corpus jobs: "
+    if precision != "float32" or id_field is not None or text_field != "text":
+        raise ValueError("--precision, --id-field and --text-field belong to corpus jobs: "
                          "give --file F and --output O")
+    if overwrite and output is None:
+        raise ValueError("--overwrite replaces an existing --output: give --output O")
 
     inputs = flag_items(image or [], text)
     if texts or file is not None or not inputs:
-        inputs += read_texts(texts or [], file, jsonl)
+        inputs += read_texts(texts or [], file, jsonl, skip_blank=True)
     fetch_remote_images(inputs, allow_remote_images)
     embedder = load(model or default_model(), **loading)
     # prepare all first: an over-long text (--no-truncate) or a bad image fails before any output is written
@@ -101,17 +103,31 @@ def corpus_job(model, file, output, loading, instruction, prompt_name, prompt, d
     embedder = load(model or default_model(), **loading)
     show = sys.stderr.isatty() if progress is None else progress
     line = ProgressLine(sys.stderr) if show else None
+    last = []  # the latest Progress (rank 0): what a stop keeps
+
+    def track(p):
+        last[:] = [p]
+        if line is not None:
+            line(p)
+
+    def kept() -> str:
+        done = f"{last[0].done} of {last[0].total} records are done; " if last else ""
+        return f"{done}finished windows are kept beside {output}: run the same command again to resume"
 
     def stopped(signum, frame):
         # mlx.launch stops the other ranks with SIGTERM when one fails; say what happens next, then exit 1
-        raise InterruptedError(f"stopped by SIGTERM (under mlx.launch: another rank failed, see above); finished "
-                               f"windows are kept beside {output}: run the same command again to resume")
+        raise InterruptedError(f"stopped by SIGTERM (under mlx.launch: another rank failed, see above); {kept()}")
     previous = signal.signal(signal.SIGTERM, stopped)
     try:
         summary = embed_corpus(embedder, file, output, text_field=text_field, id_field=id_field,
                                precision=precision, overwrite=overwrite, instruction=instruction,
                                prompt_name=prompt_name, prompt=prompt, dim=dim, normalize=normalize,
-                               truncate=truncate, batch_tokens=batch_tokens, progress=line)
+                               truncate=truncate, batch_tokens=batch_tokens, progress=track)
+    except KeyboardInterrupt:  # Ctrl-C: the same news as SIGTERM, and the shell's 130
+        if line is not None:
+            line.close()
+        typer.echo(f"stopped by Ctrl-C; {kept()}", err=True)
+        raise typer.Exit(130) from None
     finally:
         # under mlx.launch a SIGTERM may come while this rank exits, having said why (it saw the peer go): it must
         # not raise again inside MLX's atexit cleanup (a traceback after the message)

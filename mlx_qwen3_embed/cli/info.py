@@ -5,12 +5,13 @@ from pathlib import Path
 
 import typer
 
-from .options import MODEL_HELP, default_model, friendly_errors
+from .options import MODEL_HELP, friendly_errors, one_model
 
 
 @friendly_errors
 def info(
-    model: str | None = typer.Argument(None, help=MODEL_HELP),
+    model: str | None = typer.Argument(None, help=MODEL_HELP + " Also as --model."),
+    model_flag: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     device: str | None = typer.Option(None, help="Show the plan for cpu or gpu (default: MLX's default)."),
     dtype: str | None = typer.Option(None, help="Show the plan with this compute dtype."),
@@ -23,7 +24,7 @@ def info(
     from ..checkpoint.weights import has_weights
     from ..device import plan
 
-    name = model or default_model()
+    name = one_model(model, model_flag)
     checkpoint = open_checkpoint(name, weights=False)  # a hub model's weights are not downloaded to describe it
     folder, config = checkpoint.folder, checkpoint.config
     args, extra = decoder(checkpoint)
@@ -65,13 +66,14 @@ def info(
 
 def decoder(checkpoint) -> tuple:
     """(the text decoder's ModelArgs, facts of this kind: its default max_length, a Qwen3-VL's vision tower)."""
-    if checkpoint.kind == "qwen3_vl":
+    if checkpoint.vision:
         from ..checkpoint.vl_weights import read_vl_config
-        from ..vision.embedder import MAX_LENGTH
+        from ..vision import embedder, reranker
 
         args = read_vl_config(checkpoint.folder, checkpoint.config)
         vision = args.vision
-        return args.text, {"max_length": MAX_LENGTH, "vision": {
+        limit = reranker.MAX_LENGTH if checkpoint.kind == "qwen3_vl_reranker" else embedder.MAX_LENGTH
+        return args.text, {"max_length": limit, "vision": {
             "depth": vision.depth, "hidden_size": vision.hidden_size, "patch_size": vision.patch_size,
             "spatial_merge_size": vision.spatial_merge_size}}
     from ..checkpoint.weights import read_config

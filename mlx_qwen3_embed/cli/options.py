@@ -3,10 +3,12 @@ the library's exceptions become one `error:` line and exit code 1 (MLX_EMBED_DEB
 
 import functools
 import os
+import sys
 
 import typer
 
 DEFAULT_MODEL = "mlx-community/Qwen3-Embedding-0.6B-4bit-DWQ"
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: how a shell reports a Unix tool that stopped because its reader left
 MODEL_ENV = "MLX_EMBED_MODEL"
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
                MemoryError, NotADirectoryError, UnicodeDecodeError, KeyError, OSError)
@@ -20,16 +22,46 @@ def default_model() -> str:
     return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
 
+def one_model(positional: str | None, flag: str | None) -> str:
+    """The model of a command that takes it either way (`info M` or `info --model M`), else the default."""
+    if positional is not None and flag is not None and positional != flag:
+        raise ValueError(f"two models given, {positional} and --model {flag}: give one")
+    return positional or flag or default_model()
+
+
 def friendly_errors(command):
-    """Turn the library's exceptions into one line on stderr and exit code 1 (traceback with MLX_EMBED_DEBUG)."""
+    """Turn the library's exceptions into one line on stderr and exit code 1 (traceback with MLX_EMBED_DEBUG).
+    A reader that went away (`mlx-embed embed ... | head -1`) ends the command quietly, as Unix tools end."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except BrokenPipeError:
+            quiet_stdout()
+            raise typer.Exit(SIGPIPE_EXIT)
         except USER_ERRORS as e:
             if os.environ.get("MLX_EMBED_DEBUG"):
                 raise
-            message = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
-            typer.echo(f"error: {message}", err=True)
+            typer.echo(f"error: {message(e)}", err=True)
             raise typer.Exit(1)
     return wrapper
+
+
+def message(e: Exception) -> str:
+    """The one line an exception becomes: its text, without Python's "[Errno N]" (the library's OSErrors carry
+    an errno and a whole sentence)."""
+    if isinstance(e, KeyError):
+        return f"missing key {e}"
+    if isinstance(e, OSError) and e.errno is not None and e.strerror:
+        return e.strerror + (f": {e.filename}" if e.filename is not None else "")
+    return str(e)
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing what is left at exit raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a test runner's stdout)
+        pass

@@ -9,14 +9,16 @@ from typing import Callable, Optional
 import numpy as np
 import typer
 
+from ..atomic import refuse_overwrite
 from ..corpus.files import OUTPUT_FORMATS, jsonl_lines, output_format, write_vectors
 
 FORMATS = sorted(set(OUTPUT_FORMATS.values()))
 
 
-def check_output(output: Optional[str], format: Optional[str]) -> str:
+def check_output(output: Optional[str], format: Optional[str], overwrite: bool = False) -> str:
     """--output and --format -> the format (its suffix chooses it; jsonl on stdout), checked before the model
-    loads: an unknown suffix, a --format the suffix contradicts or a missing folder is an error, and no file."""
+    loads: an unknown suffix, a --format the suffix contradicts, a missing folder or an existing output without
+    --overwrite (atomic.refuse_overwrite, the rule corpus jobs follow too) is an error, and no file."""
     if format is not None and format not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if output is None:
@@ -29,6 +31,7 @@ def check_output(output: Optional[str], format: Optional[str]) -> str:
     folder = Path(output).expanduser().parent
     if not folder.is_dir():  # before minutes of embedding
         raise FileNotFoundError(f"cannot write {output}: folder {folder} does not exist")
+    refuse_overwrite(Path(output).expanduser(), overwrite)
     return chosen
 
 

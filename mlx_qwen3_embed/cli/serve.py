@@ -15,7 +15,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     api_key: str | None = typer.Option(None, envvar="MLX_EMBED_API_KEY",
                                        help="Require 'Authorization: Bearer <key>' (401 otherwise)."),
-    served_model_name: str | None = typer.Option(None, help="Model id in responses and /v1/models (default: --model)."),
+    served_model_name: str | None = typer.Option(None, help="Model id in responses and /v1/models (default: "
+                                                            "--model's name: a hub id, or the folder's name)."),
     batch_tokens: int | None = typer.Option(None, help="Tokens packed into one model call (default: the device's)."),
     max_batch_requests: int = typer.Option(256, help="Requests packed into one model call; 1 turns batching off."),
     max_queue: int = typer.Option(1024, help="Requests waiting beyond this are answered 429."),
@@ -47,6 +48,11 @@ def serve(
     from ..serve import create_app
     from ..serve.listen import bind, run
 
+    # the flags' own names in their errors, and before the model loads
+    check_flags(port=port, batch_tokens=batch_tokens, max_batch_requests=max_batch_requests, max_queue=max_queue,
+                max_inputs=max_inputs, max_length=max_length, max_request_bytes=max_request_bytes,
+                max_connections=max_connections, cache_size=cache_size, header_timeout=header_timeout,
+                body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout, shutdown_timeout=shutdown_timeout)
     sock = bind(host, port)  # a busy port is one error line, not a model load and then uvicorn's traceback
     try:
         name = model or (None if reranker else default_model())
@@ -54,8 +60,8 @@ def serve(
                         cache_size=cache_size) if name \
             else None
         scorer = load_reranker(reranker, device=device, dtype=dtype, batch_tokens=batch_tokens) if reranker else None
-        application = create_app(embedder, reranker=scorer, api_key=api_key,
-                                 served_model_name=served_model_name or name or reranker,
+        # served_model_name None: clients see the model's name (a hub id, or the folder's name), not its path
+        application = create_app(embedder, reranker=scorer, api_key=api_key, served_model_name=served_model_name,
                                  batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
                                  max_queue=max_queue, max_inputs=max_inputs, max_request_bytes=max_request_bytes,
                                  cors_origins=tuple(cors_origin), public_metrics=public_metrics,
@@ -63,11 +69,31 @@ def serve(
                                  **_given(body_timeout=body_timeout))
         if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
             typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
+        address = f"[{host}]" if ":" in host else host
+        served = " and ".join(([name] if name else []) + ([f"reranker {reranker}"] if reranker else []))
+        typer.echo(f"serving {served} on http://{address}:{sock.getsockname()[1]}", err=True)
         run(application, sock, max_connections=max_connections, log_level=log_level,
             **_given(header_timeout=header_timeout, keep_alive_timeout=keep_alive_timeout,
                      shutdown_timeout=shutdown_timeout))
     finally:
         sock.close()
+
+
+def check_flags(*, port, cache_size, **flags) -> None:
+    """Every numeric flag of `serve`, its error naming the flag (`--max-inputs`), not the library's parameter."""
+    from ..checks import check_int
+
+    check_int("--port", port, 0, 65535)
+    check_int("--cache-size", cache_size, 0)
+    for key, value in flags.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if key.endswith("_timeout"):
+            if not value > 0:
+                raise ValueError(f"{flag} must be a positive number of seconds, got {value!r}")
+        else:
+            check_int(flag, value)
 
 
 def _given(**options) -> dict:

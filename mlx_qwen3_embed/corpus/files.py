@@ -102,8 +102,8 @@ class Source:
                         continue
                     yield number, text
         except UnicodeDecodeError:
-            raise ValueError(f"cannot read {self.path}: it is not UTF-8 text; give one text per line, JSON Lines "
-                             "or Parquet") from None
+            raise ValueError(f"cannot read {self.path}: it is not UTF-8 at line {first_non_utf8_line(self.path)}; "
+                             "give UTF-8 text (one text per line), JSON Lines or Parquet") from None
 
     def _record_id(self, record: dict, number: int) -> Id:
         if self.id_field is None:
@@ -156,6 +156,28 @@ class Source:
 
 def _id_hash(ident: Id) -> int:
     return int.from_bytes(hashlib.blake2b(repr(ident).encode(), digest_size=8).digest(), "little")
+
+
+def decode_utf8(data: bytes, name: str) -> str:
+    """Bytes of a text input -> str, or ValueError naming `name` and the first line that is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"cannot read {name}: it is not UTF-8 at line {line} (byte 0x{data[e.start]:02X}); give "
+                         "UTF-8 text: one text per line, or JSON Lines with a 'text' field") from None
+
+
+def first_non_utf8_line(path: Path) -> int:
+    """The 1-based number of the first line of `path` that is not UTF-8 (a newline byte never lies inside a
+    UTF-8 character, so lines decode on their own); 0 if every line is."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
 
 
 def output_format(path: Union[str, Path]) -> str:

@@ -8,6 +8,7 @@ same input and options continues after the last finished window; the output appe
 Identical inputs are embedded once per job: a duplicate copies its first occurrence's row (dedup.py).
 """
 
+import errno
 import json
 import shutil
 import time
@@ -88,8 +89,7 @@ def embed_corpus(embedder: EmbeddingModel, input: Union[str, Path], output: Unio
     if rank == 0:
         if not output.parent.is_dir():
             raise FileNotFoundError(f"cannot write {output}: folder {output.parent} does not exist")
-        if output.exists() and not overwrite:
-            raise FileExistsError(f"{output} exists: pass --overwrite (overwrite=True) to replace it")
+        atomic.refuse_overwrite(output, overwrite)
     source = Source(input, text_field=text_field, id_field=id_field)
     prompting = {"instruction": instruction, "prompt_name": prompt_name, "prompt": prompt}
     embedder.prepare_inputs([], truncate=truncate, **prompting)  # a bad prompt fails before the input is read
@@ -105,50 +105,51 @@ def embed_corpus(embedder: EmbeddingModel, input: Union[str, Path], output: Unio
     resumed = _broadcast(group, job.done() if job else 0)
     ranges = job.state.get("ranges") if job else None
 
-    records = source.records()
-    seen = Seen()  # every rank builds the same map: they agree on which inputs are new
-    for start in range(0, resumed, MAX_WINDOW):  # finished windows: read past them, remember their texts
-        seen.add_records(digests(next(records)[1] for _ in range(min(MAX_WINDOW, resumed - start))), start)
-    done, tokens, unique, duplicates, window = resumed, 0, 0, 0, FIRST_WINDOW
-    while done < scan.count:
-        window = _broadcast(group, min(window, scan.count - done))
-        ids, inputs = zip(*(next(records) for _ in range(window)))
-        t0 = time.perf_counter()
-        keys, first, which = np.unique(digests(inputs), return_index=True, return_inverse=True)
-        earlier = seen.find(keys)  # the row where an earlier window wrote each distinct input, else -1
-        new = np.flatnonzero(earlier < 0)
-        # each new distinct input is embedded once; ranks take every size-th one
-        mine = [first[u] for u in new[rank::size]]
-        prepared = _prepare_records(embedder, [inputs[i] for i in mine], [ids[i] for i in mine], source.path,
-                                    truncate=truncate, **prompting)
-        vectors = embedder.embed_prepared(prepared, dim=dim, normalize=normalize, batch_tokens=batch_tokens) \
-            if mine else np.zeros((0, dim), np.float32)
-        vectors, window_tokens = _gather(group, vectors, sum(map(len, prepared)), len(new))
-        tokens += window_tokens
-        unique += len(new)
-        duplicates += window - len(new)
-        if rank == 0:
-            ranges = job.save_window(done, vectors, new, which, earlier, precision, ranges)
-        seen.add(keys[new], done + first[new])
-        done += window
-        elapsed = time.perf_counter() - t0
-        # next window: about window_seconds of work even if all its inputs are new, at the rate just measured (a
-        # window of repeats only tells how fast copying is: it may double, not jump to hours of new inputs)
-        window = int(min(MAX_WINDOW, max(16, len(new) * window_seconds / max(elapsed, 1e-3)) if len(new)
-                         else 2 * window))
-        if rank == 0 and progress is not None:
-            spent = time.perf_counter() - started
-            rate = (done - resumed) / spent
-            progress(Progress(done, scan.count, rate, tokens / spent, (scan.count - done) / max(rate, 1e-9),
-                              resumed, duplicates))
+    with _kept_when_disk_full(job, scan.count):  # a full disk ends the job resumable, saying so
+        records = source.records()
+        seen = Seen()  # every rank builds the same map: they agree on which inputs are new
+        for start in range(0, resumed, MAX_WINDOW):  # finished windows: read past them, remember their texts
+            seen.add_records(digests(next(records)[1] for _ in range(min(MAX_WINDOW, resumed - start))), start)
+        done, tokens, unique, duplicates, window = resumed, 0, 0, 0, FIRST_WINDOW
+        while done < scan.count:
+            window = _broadcast(group, min(window, scan.count - done))
+            ids, inputs = zip(*(next(records) for _ in range(window)))
+            t0 = time.perf_counter()
+            keys, first, which = np.unique(digests(inputs), return_index=True, return_inverse=True)
+            earlier = seen.find(keys)  # the row where an earlier window wrote each distinct input, else -1
+            new = np.flatnonzero(earlier < 0)
+            # each new distinct input is embedded once; ranks take every size-th one
+            mine = [first[u] for u in new[rank::size]]
+            prepared = _prepare_records(embedder, [inputs[i] for i in mine], [ids[i] for i in mine], source.path,
+                                        truncate=truncate, **prompting)
+            vectors = embedder.embed_prepared(prepared, dim=dim, normalize=normalize, batch_tokens=batch_tokens) \
+                if mine else np.zeros((0, dim), np.float32)
+            vectors, window_tokens = _gather(group, vectors, sum(map(len, prepared)), len(new))
+            tokens += window_tokens
+            unique += len(new)
+            duplicates += window - len(new)
+            if rank == 0:
+                ranges = job.save_window(done, vectors, new, which, earlier, precision, ranges)
+            seen.add(keys[new], done + first[new])
+            done += window
+            elapsed = time.perf_counter() - t0
+            # next window: about window_seconds of work even if all its inputs are new, at the rate just measured (a
+            # window of repeats only tells how fast copying is: it may double, not jump to hours of new inputs)
+            window = int(min(MAX_WINDOW, max(16, len(new) * window_seconds / max(elapsed, 1e-3)) if len(new)
+                             else 2 * window))
+            if rank == 0 and progress is not None:
+                spent = time.perf_counter() - started
+                rate = (done - resumed) / spent
+                progress(Progress(done, scan.count, rate, tokens / spent, (scan.count - done) / max(rate, 1e-9),
+                                  resumed, duplicates))
 
-    files = []
-    if rank == 0:
-        meta = {"precision": precision, "ranges": ranges, "count": scan.count, "skipped": scan.skipped,
-                "dim": dim, "input": job.state["input"], "options": options}
-        write_output(output, job.parts(), (ident for ident, _ in source.records()), meta)
-        files = [output, *sidecars(output).values()]
-        job.remove()
+        files = []
+        if rank == 0:
+            meta = {"precision": precision, "ranges": ranges, "count": scan.count, "skipped": scan.skipped,
+                    "dim": dim, "input": job.state["input"], "options": options}
+            write_output(output, job.parts(), (ident for ident, _ in source.records()), meta)
+            files = [output, *sidecars(output).values()]
+            job.remove()
     return Summary(output, scan.count, scan.skipped, resumed, scan.count - resumed, unique,
                    time.perf_counter() - started, tokens, files, duplicates)
 
@@ -263,6 +264,19 @@ def _refuse_changes(state: dict, identity: dict, folder: Path) -> None:
     if changed:
         raise ValueError(f"cannot resume with different options: {'; '.join(changed)}; rerun with the original "
                          f"options, or delete {folder} (or pick another output) to start over")
+
+
+@contextmanager
+def _kept_when_disk_full(job: Optional["Job"], total: int):
+    """A full disk (atomic.write_file's ENOSPC) ends the job saying what is kept and how to resume."""
+    try:
+        yield
+    except OSError as e:
+        if job is None or e.errno != errno.ENOSPC:
+            raise
+        raise OSError(errno.ENOSPC, f"no space left on device writing in {job.folder.parent}: {job.done()} of "
+                                    f"{total} records are done and kept in {job.folder}; free some space and run "
+                                    "the same command again to resume") from None
 
 
 # --- ranks: every collective runs on all ranks in the same order; with one rank they are no-ops -------------

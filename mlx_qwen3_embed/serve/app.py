@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Optional
 
 from fastapi import FastAPI, Request
@@ -63,7 +64,7 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
     metrics = Metrics()
     worker = BatchWorker(embedder, batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
                          max_queue=max_queue, reranker=reranker, metrics=metrics)
-    model_id = served_model_name or (embedder or reranker).name
+    model_id = served_model_name or model_name((embedder or reranker).name)
     started = int(time.time())
 
     @asynccontextmanager
@@ -110,13 +111,16 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
         return error_response(request.url.path, 400, f"{param or 'body'}: {first['msg']}", param, code)
 
     if embedder is not None:
-        openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started,
+        openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs,
                           allow_remote_images=allow_remote_images)
         ollama.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
         tei.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs)
     # served_model_name names the embedder when both are served; the reranker keeps its own name then
-    rerank_id = model_id if embedder is None or reranker is None else reranker.name
-    rerank.add_routes(app, reranker, worker, metrics, model_id=rerank_id, max_inputs=max_inputs)
+    rerank_id = model_id if embedder is None or reranker is None else model_name(reranker.name)
+    listed = [] if embedder is None else [openai.model_entry(model_id, started, embedder.max_length, embedder.dim)]
+    listed += [] if reranker is None else [openai.model_entry(rerank_id, started, reranker.max_length)]
+    openai.add_models_route(app, listed)
+    rerank.add_routes(app, reranker, worker, metrics, model_id=rerank_id, max_inputs=max_inputs, allow_remote_images=allow_remote_images)
 
     @app.get("/health")
     async def health(request: Request):
@@ -182,6 +186,12 @@ class AuthorizeAndCount:
             self.metrics.count(path if path in KNOWN_PATHS else "other", status)
             if path in TIMED_PATHS:
                 self.metrics.latency.observe(time.perf_counter() - start)
+
+
+def model_name(name: str) -> str:
+    """What clients see as a model's id: a hub id as it is, a folder by its name (never the server's paths)."""
+    path = Path(name).expanduser()
+    return path.resolve().name if path.is_dir() else name
 
 
 def _key_matches(header: str, api_key: str) -> bool:

@@ -66,8 +66,8 @@ def fit(prepare: Callable[..., list], inputs: list, limit: int, *, truncate: boo
     over = [i for i, p in enumerate(whole) if len(p) > limit]
     if over and not truncate:
         i = over[0]
-        raise ApiError(f"{param}[{i}] has {len(whole[i])} tokens, more than max_length {limit}: shorten it or "
-                       "send truncate=true", param, "context_length_exceeded")
+        raise ApiError(f"{param}[{i}] has {len(whole[i])} tokens, more than max_length {limit} (the server's "
+                       "--max-length): shorten it or send truncate=true", param, "context_length_exceeded")
     for i in over:
         try:
             whole[i] = prepare([inputs[i]], max_length=limit, truncate=True)[0]

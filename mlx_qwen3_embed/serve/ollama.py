@@ -65,7 +65,7 @@ def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metr
         # Ollama skips an empty string given alone (a request that only loads the model) and answers no vectors
         texts = body.input if isinstance(body.input, list) else [body.input] if body.input else []
         vectors, tokens = await embed_texts(texts, body.truncate, dim, normalize=True)
-        return {"model": body.model or model_id, "embeddings": [v.tolist() for v in vectors],
+        return {"model": model_id, "embeddings": [v.tolist() for v in vectors],
                 "total_duration": time.perf_counter_ns() - start, "load_duration": 0, "prompt_eval_count": tokens}
 
     @app.post("/api/embeddings")

@@ -1,4 +1,4 @@
-"""The OpenAI dialect: `POST /v1/embeddings` (also `/embeddings`) and `GET /v1/models`.
+"""The OpenAI dialect: `POST /v1/embeddings` (also `/embeddings`) and `GET /v1/models` (every model served).
 
 Handlers check and tokenize each request (so `usage.prompt_tokens` is real and over-long input is refused before it
 queues), then hand the ids to the one BatchWorker.
@@ -46,7 +46,7 @@ class EmbeddingRequest(BaseModel):
 
 
 def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metrics, *, model_id: str,
-               max_inputs: int, started: int, allow_remote_images: bool = False):
+               max_inputs: int, allow_remote_images: bool = False):
     """Register the OpenAI routes on `app`; `metrics` counts inputs and tokens.
     allow_remote_images: items may carry http(s) image URLs, downloaded by the server (serve/items.py)."""
 
@@ -70,11 +70,20 @@ def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metr
     for path in EMBEDDING_PATHS:
         app.post(path)(embeddings)
 
+
+def add_models_route(app: FastAPI, entries: list[dict]):
+    """`GET /v1/models`: every model the server holds (model_entry: the embedder and the reranker)."""
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": started,
-                                            "owned_by": "mlx-embed", "dimensions": embedder.dim,
-                                            "max_length": embedder.max_length}]}
+        return {"object": "list", "data": entries}
+
+
+def model_entry(model_id: str, started: int, max_length: int, dimensions: Optional[int] = None) -> dict:
+    """One model as /v1/models lists it: an embedder with its `dimensions`, a reranker (dimensions None) typed so."""
+    entry = {"id": model_id, "object": "model", "created": started, "owned_by": "mlx-embed"}
+    if dimensions is None:
+        return entry | {"type": "reranker", "max_length": max_length}
+    return entry | {"type": "embedding", "dimensions": dimensions, "max_length": max_length}
 
 
 def _size(given: Any) -> int:
