@@ -131,8 +131,6 @@ def _check_str(name: str, value) -> str:
 def _check_documents(documents) -> list[str]:
     if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
         raise TypeError(f"documents must be a list of str, got {type(documents).__name__}")
-    if not documents:
-        raise ValueError("documents is empty: give at least one document to score")
     for i, d in enumerate(documents):
         if not isinstance(d, str):
             raise TypeError(f"documents[{i}] must be a str, got {type(d).__name__}")
@@ -142,8 +140,6 @@ def _check_documents(documents) -> list[str]:
 def _check_pairs(pairs) -> list[tuple[str, str]]:
     if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
         raise TypeError(f"pairs must be a list of (query, document) pairs, got {type(pairs).__name__}")
-    if not pairs:
-        raise ValueError("pairs is empty: give at least one (query, document) pair to score")
     checked = []
     for i, pair in enumerate(pairs):
         if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:

@@ -153,7 +153,6 @@ def test_only_two_head_rows_are_kept(reranker):
 
 
 @pytest.mark.parametrize("documents, error, message", [
-    ([], ValueError, "documents is empty"),
     (["ok", 3], TypeError, r"documents\[1\] must be a str, got int"),
     ("a single string", TypeError, "documents must be a list of str"),
 ])
@@ -168,9 +167,14 @@ def test_bad_top_n_raises(reranker, top_n):
         reranker.rerank(QUERIES[0], DOCUMENTS, top_n=top_n)
 
 
+def test_empty_input_gives_empty_results_as_embed_does(reranker):
+    """One rule for empty input in the library: no documents, no scores (embed([]) is (0, dim)); the HTTP APIs
+    refuse an empty request with a 400, as Cohere's and TEI's do."""
+    assert reranker.score(QUERIES[0], []).shape == (0,) and reranker.score(QUERIES[0], []).dtype == np.float32
+    assert reranker.score_pairs([]).shape == (0,) and reranker.rerank(QUERIES[0], []) == []
+
+
 def test_bad_pairs_and_query_raise(reranker):
-    with pytest.raises(ValueError, match="pairs is empty"):
-        reranker.score_pairs([])
     with pytest.raises(TypeError, match=r"pairs\[0\]'s document must be a str"):
         reranker.score_pairs([("q", None)])
     with pytest.raises(TypeError, match="query must be a str"):

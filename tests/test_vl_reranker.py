@@ -342,3 +342,8 @@ def test_cli_converts_and_describes_a_vl_reranker(runner, vl_reranker_model, tmp
     converted = json.loads(runner.invoke(app, ["info", str(tmp_path / "q4"), "--json"]).stdout)
     assert converted["kind"] == "qwen3_vl_reranker" and converted["quantization"]["bits"] == 4
     assert isinstance(mqe.load_reranker(str(tmp_path / "q4")), VLReranker)
+
+
+def test_empty_input_gives_empty_results(reranker):
+    assert reranker.score("q", []).shape == (0,) and reranker.score_pairs([]).shape == (0,)
+    assert reranker.rerank({"text": "q"}, []) == []

@@ -162,16 +162,12 @@ class VLReranker:
 def _check_documents(documents) -> list:
     if documents is None or isinstance(documents, (str, bytes, dict)) or not isinstance(documents, Sequence):
         raise TypeError(f"documents must be a list of str or item dicts, got {type(documents).__name__}")
-    if not documents:
-        raise ValueError("documents is empty: give at least one document to score")
     return list(documents)
 
 
 def _check_pairs(pairs) -> list[tuple[Any, Any]]:
     if pairs is None or isinstance(pairs, (str, bytes, dict)) or not isinstance(pairs, Sequence):
         raise TypeError(f"pairs must be a list of (query, document) pairs, got {type(pairs).__name__}")
-    if not pairs:
-        raise ValueError("pairs is empty: give at least one (query, document) pair to score")
     for i, pair in enumerate(pairs):
         if isinstance(pair, (str, bytes, dict)) or not isinstance(pair, Sequence) or len(pair) != 2:
             raise TypeError(f"pairs[{i}] must be a (query, document) pair, got {pair!r:.60}")
