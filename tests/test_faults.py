@@ -381,3 +381,12 @@ def test_serve_says_what_it_serves_and_where(hub_model, tmp_path):
     with running_server(["--model", str(hub_model), "--log-level", "warning"], tmp_path / "log") as url:
         log = (tmp_path / "log").read_text()
     assert f"serving {hub_model} on {url}" in log
+
+
+def test_cli_messages_give_commands_not_python_names(runner, hub_model, reranker_hub):
+    wrong_kind = runner.invoke(app, ["embed", "-m", str(reranker_hub), "hello"])
+    one_error_line(wrong_kind, "holds a reranker")
+    assert "use `mlx-embed rerank`" in wrong_kind.stderr and "mlx_qwen3_embed." not in wrong_kind.stderr
+    other_way = runner.invoke(app, ["rerank", "-m", str(hub_model), "q", "doc"])
+    one_error_line(other_way, "holds an embedding model")
+    assert "use `mlx-embed embed`" in other_way.stderr and "mlx_qwen3_embed." not in other_way.stderr

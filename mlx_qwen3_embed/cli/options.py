@@ -47,14 +47,22 @@ def friendly_errors(command):
     return wrapper
 
 
+# the library's advice names Python functions; on the command line the same advice is a command
+CLI_ADVICE = {"load it with mlx_qwen3_embed.load_reranker": "use `mlx-embed rerank` (or `mlx-embed serve --reranker`)",
+              "load it with mlx_qwen3_embed.load": "use `mlx-embed embed` (or `mlx-embed serve --model`)"}
+
+
 def message(e: Exception) -> str:
     """The one line an exception becomes: its text, without Python's "[Errno N]" (the library's OSErrors carry
-    an errno and a whole sentence)."""
+    an errno and a whole sentence), with the library's Python advice given as commands."""
     if isinstance(e, KeyError):
         return f"missing key {e}"
     if isinstance(e, OSError) and e.errno is not None and e.strerror:
         return e.strerror + (f": {e.filename}" if e.filename is not None else "")
-    return str(e)
+    text = str(e)
+    for python, command in CLI_ADVICE.items():  # longest first: load_reranker before load
+        text = text.replace(python, command)
+    return text
 
 
 def quiet_stdout() -> None:
