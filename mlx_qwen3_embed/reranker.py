@@ -12,7 +12,7 @@ from .checks import check_int, check_top_n, ranked, sigmoid
 from .models.args import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
 from .models.qwen3 import Qwen3
-from .tokenizer import DEFAULT_INSTRUCTION, Tokenizer
+from .tokenizer import DEFAULT_INSTRUCTION, Tokenizer, check_unicode
 from .checkpoint import open_checkpoint, vl_role
 from .checkpoint.weights import load_fitted, read_head_rows
 from .contracts import RerankModel
@@ -53,7 +53,8 @@ class Reranker:
         its end cut to fit max_length with the prefix and suffix (so only the document shrinks), then wrapped.
         truncate=False: a pair over max_length raises ValueError instead."""
         pairs = _check_pairs(pairs)
-        instruction = DEFAULT_INSTRUCTION if instruction is None else _check_str("instruction", instruction)
+        instruction = DEFAULT_INSTRUCTION if instruction is None else check_unicode(
+            _check_str("instruction", instruction), "instruction")
         limit = self._max_length(max_length)
         fixed = len(self.prefix_ids) + len(self.suffix_ids)
         budget = limit - fixed
@@ -147,6 +148,7 @@ def _check_pairs(pairs) -> list[tuple[str, str]]:
         for part, value in zip(("query", "document"), pair):
             if not isinstance(value, str):
                 raise TypeError(f"pairs[{i}]'s {part} must be a str, got {type(value).__name__}")
+            check_unicode(value, f"pairs[{i}]: the {part}")
         checked.append((pair[0], pair[1]))
     return checked
 

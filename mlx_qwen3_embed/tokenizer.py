@@ -18,6 +18,15 @@ def query_prompt(instruction: str) -> str:
     return f"Instruct: {instruction}\nQuery:"
 
 
+def check_unicode(text: str, name: str) -> str:
+    """Raise UnicodeError naming `name` when `text` holds a lone UTF-16 surrogate (JSON can carry one)."""
+    bad = SURROGATE.search(text)
+    if bad:
+        raise UnicodeError(f"{name} holds a lone UTF-16 surrogate U+{ord(bad.group()):04X} at character "
+                           f"{bad.start()}: not valid Unicode; send the whole character (a split emoji?)")
+    return text
+
+
 def read_prompts(folder: Path) -> dict[str, str]:
     """Named prompts of config_sentence_transformers.json, e.g. {"query": "Instruct: ...\\nQuery:", "document": ""}."""
     path = folder / "config_sentence_transformers.json"
@@ -74,10 +83,7 @@ class Tokenizer:
         """
         bound = max_length * self.chars_per_token
         for i, text in enumerate(texts):
-            bad = SURROGATE.search(text)
-            if bad:
-                raise UnicodeError(f"input {i} holds a lone UTF-16 surrogate U+{ord(bad.group()):04X} at character "
-                                   f"{bad.start()}: not valid Unicode; send the whole character (a split emoji?)")
+            check_unicode(text, f"input {i}")
             if len(text) > bound and not truncate:
                 least = -(-len(text) // self.chars_per_token)
                 raise ValueError(f"input {i} has {len(text)} characters: at least {least} "

@@ -390,3 +390,15 @@ def test_cli_messages_give_commands_not_python_names(runner, hub_model, reranker
     other_way = runner.invoke(app, ["rerank", "-m", str(hub_model), "q", "doc"])
     one_error_line(other_way, "holds an embedding model")
     assert "use `mlx-embed embed`" in other_way.stderr and "mlx_qwen3_embed." not in other_way.stderr
+
+
+@pytest.mark.parametrize("path, body, named", [
+    ("/v1/rerank", '{"query": "q\\ud800", "documents": ["a"]}', "query holds a lone UTF-16 surrogate U+D800"),
+    ("/v2/rerank", '{"query": "q", "documents": ["a", "b\\udfff"]}', "documents[1]"),
+    ("/rerank", '{"query": "q", "texts": ["ok", "a\\ud800"]}', "texts[1]"),
+    ("/v1/rerank", '{"query": "q", "documents": ["a"], "instruction": "x\\udc00"}', "instruction holds a lone"),
+])
+def test_a_lone_surrogate_in_a_rerank_request_is_a_400_naming_it(reranker_hub, path, body, named):
+    with TestClient(create_app(None, reranker=mqe.load_reranker(str(reranker_hub)))) as client:
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and named in response.text and "surrogate" in response.text
