@@ -41,6 +41,12 @@ def serve(
     allow_remote_images: bool = typer.Option(
         False, "--allow-remote-images", help="Qwen3-VL: let /v1/embeddings items give http(s) image URLs, which "
                                              "the server downloads into the image cache (10 s, 20 MB caps)."),
+    max_video_frames: int | None = typer.Option(
+        None, help="Qwen3-VL: frames a request's video may have (a frame list's, a file's sample) [64]."),
+    max_video_pixels: int | None = typer.Option(
+        None, help="Qwen3-VL: decoded RGB pixels of all of a request's videos [64 full-HD frames: 132,710,400]."),
+    video_timeout: float | None = typer.Option(
+        None, help="Qwen3-VL: seconds to decode a request's videos, 400 after [30]."),
 ):
     """Serve OpenAI-compatible POST /v1/embeddings (+ /v1/models, /health, /metrics), batching across requests;
     with --reranker also Cohere/Jina /v1/rerank, /v2/rerank and TEI /rerank."""
@@ -52,7 +58,8 @@ def serve(
     check_flags(port=port, batch_tokens=batch_tokens, max_batch_requests=max_batch_requests, max_queue=max_queue,
                 max_inputs=max_inputs, max_length=max_length, max_request_bytes=max_request_bytes,
                 max_connections=max_connections, cache_size=cache_size, header_timeout=header_timeout,
-                body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout, shutdown_timeout=shutdown_timeout)
+                body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout, shutdown_timeout=shutdown_timeout,
+                max_video_frames=max_video_frames, max_video_pixels=max_video_pixels, video_timeout=video_timeout)
     sock = bind(host, port)  # a busy port is one error line, not a model load and then uvicorn's traceback
     try:
         name = model or (None if reranker else default_model())
@@ -66,7 +73,8 @@ def serve(
                                  max_queue=max_queue, max_inputs=max_inputs, max_request_bytes=max_request_bytes,
                                  cors_origins=tuple(cors_origin), public_metrics=public_metrics,
                                  allow_remote_images=allow_remote_images,
-                                 **_given(body_timeout=body_timeout))
+                                 **_given(body_timeout=body_timeout, max_video_frames=max_video_frames,
+                                          max_video_pixels=max_video_pixels, video_timeout=video_timeout))
         if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
             typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
         address = f"[{host}]" if ":" in host else host

@@ -22,6 +22,7 @@ from ..checks import check_int
 from ..contracts import EmbeddingModel, RerankModel
 from . import ollama, openai, rerank, tei
 from .errors import ApiError, error_response
+from .items import MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS, VIDEO_TIMEOUT, VideoLimits
 from .limits import RequestLimits
 from .metrics import CONTENT_TYPE, Metrics
 from .openai import EMBEDDING_PATHS, MAX_INPUTS
@@ -40,7 +41,9 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
                batch_tokens: Optional[int] = None, max_batch_requests: int = 256, max_queue: int = 1024,
                max_inputs: int = MAX_INPUTS, max_request_bytes: Optional[int] = None,
                body_timeout: float = BODY_TIMEOUT, cors_origins: tuple[str, ...] = (),
-               public_metrics: bool = False, allow_remote_images: bool = False) -> FastAPI:
+               public_metrics: bool = False, allow_remote_images: bool = False,
+               max_video_frames: int = MAX_VIDEO_FRAMES, max_video_pixels: int = MAX_VIDEO_PIXELS,
+               video_timeout: float = VIDEO_TIMEOUT) -> FastAPI:
     """The FastAPI app serving `embedder` and/or `reranker`; its BatchWorker starts and stops with the app's lifespan.
 
     reranker: adds Cohere's /v1/rerank and /v2/rerank and TEI's /rerank (rerank.py); either model may be None.
@@ -51,6 +54,8 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
     body_timeout: seconds for the whole body to arrive, 408 after. cors_origins: origins browsers may call from.
     allow_remote_images: a Qwen3-VL model's /v1/embeddings items may give http(s) image URLs, which the server
     downloads (remote.py's time, byte and redirect limits) into the image cache; off, they are a 400.
+    max_video_frames, max_video_pixels, video_timeout: what decoding a request's videos may cost (items.py):
+    frames a video, decoded RGB pixels and seconds for all of them; past any, a 400 naming the video.
     """
     if embedder is None and reranker is None:
         raise ValueError("give an embedder, a reranker or both to serve")
@@ -59,8 +64,12 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
         max_request_bytes = max_inputs * longest * BYTES_PER_TOKEN
     check_int("max_inputs", max_inputs)
     check_int("max_request_bytes", max_request_bytes)
-    if not body_timeout > 0:
-        raise ValueError(f"body_timeout must be a positive number of seconds, got {body_timeout!r}")
+    check_int("max_video_frames", max_video_frames)
+    check_int("max_video_pixels", max_video_pixels)
+    for name, seconds in (("body_timeout", body_timeout), ("video_timeout", video_timeout)):
+        if not seconds > 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+    video_limits = VideoLimits(max_video_frames, max_video_pixels, video_timeout)
     metrics = Metrics()
     worker = BatchWorker(embedder, batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
                          max_queue=max_queue, reranker=reranker, metrics=metrics)
@@ -112,7 +121,7 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
 
     if embedder is not None:
         openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs,
-                          allow_remote_images=allow_remote_images)
+                          allow_remote_images=allow_remote_images, video_limits=video_limits)
         ollama.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
         tei.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs)
     # served_model_name names the embedder when both are served; the reranker keeps its own name then
@@ -120,7 +129,8 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
     listed = [] if embedder is None else [openai.model_entry(model_id, started, embedder.max_length, embedder.dim)]
     listed += [] if reranker is None else [openai.model_entry(rerank_id, started, reranker.max_length)]
     openai.add_models_route(app, listed)
-    rerank.add_routes(app, reranker, worker, metrics, model_id=rerank_id, max_inputs=max_inputs, allow_remote_images=allow_remote_images)
+    rerank.add_routes(app, reranker, worker, metrics, model_id=rerank_id, max_inputs=max_inputs,
+                      allow_remote_images=allow_remote_images, video_limits=video_limits)
 
     @app.get("/health")
     async def health(request: Request):

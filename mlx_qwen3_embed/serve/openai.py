@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from ..contracts import EmbeddingModel
 from . import jobs, quantized
 from .errors import ApiError
-from .items import read_images
+from .items import VideoLimits, read_media
 from .worker import BatchWorker
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
@@ -46,17 +46,20 @@ class EmbeddingRequest(BaseModel):
 
 
 def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metrics, *, model_id: str,
-               max_inputs: int, allow_remote_images: bool = False):
+               max_inputs: int, allow_remote_images: bool = False, video_limits: VideoLimits = VideoLimits()):
     """Register the OpenAI routes on `app`; `metrics` counts inputs and tokens.
-    allow_remote_images: items may carry http(s) image URLs, downloaded by the server (serve/items.py)."""
+    allow_remote_images: items may carry http(s) image URLs, downloaded by the server (serve/items.py).
+    video_limits: what decoding one request's videos may cost (serve/items.py)."""
 
     async def embeddings(body: EmbeddingRequest):
         dim = jobs.check_dimensions(body.dimensions, embedder.dim)
-        # a few short texts prepare in microseconds; only a big request, or images to decode, is worth a thread hop
+        # a few short texts prepare in microseconds; only a big request, or images and videos to decode (never on
+        # the event loop), is worth a thread hop
         if _size(body.input) > INLINE_CHARS or _has_items(body.input):
-            prepared = await run_in_threadpool(_prepare, embedder, body, max_inputs, allow_remote_images)
+            prepared = await run_in_threadpool(_prepare, embedder, body, max_inputs, allow_remote_images,
+                                               video_limits)
         else:
-            prepared = _prepare(embedder, body, max_inputs, allow_remote_images)
+            prepared = _prepare(embedder, body, max_inputs, allow_remote_images, video_limits)
         bounds = quantized.check(body.precision, body.ranges, dim, len(prepared))
         vectors = await jobs.run(worker, prepared, dim)
         tokens = sum(len(s) for s in prepared)
@@ -99,7 +102,8 @@ def _has_items(given: Any) -> bool:
     return isinstance(given, dict) or isinstance(given, list) and any(isinstance(x, dict) for x in given)
 
 
-def _prepare(model: EmbeddingModel, body: EmbeddingRequest, max_inputs: int, allow_remote: bool) -> list:
+def _prepare(model: EmbeddingModel, body: EmbeddingRequest, max_inputs: int, allow_remote: bool,
+             video_limits: VideoLimits) -> list:
     """The request's `input` -> prepared inputs (texts, token-id lists, or Qwen3-VL items), or an ApiError."""
     given = body.input
     if isinstance(given, (str, dict)) or (isinstance(given, list) and given and _is_ids(given)):
@@ -122,7 +126,9 @@ def _prepare(model: EmbeddingModel, body: EmbeddingRequest, max_inputs: int, all
     empty = next((i for i, x in enumerate(data) if x == ""), None)
     if empty is not None:
         raise ApiError(f"input[{empty}] is an empty string: send text", "input", "empty_input")
-    inputs = [read_images(x, i, allow_remote) if isinstance(x, dict) else x for i, x in enumerate(data)]
+    budget = video_limits.budget()  # shared by all the request's videos
+    inputs = [read_media(x, i, allow_remote, "input", budget) if isinstance(x, dict) else x
+              for i, x in enumerate(data)]
     prepared, _ = jobs.prepare(model, inputs, truncate=body.truncate, instruction=body.instruction,
                                prompt_name=body.prompt_name)
     return prepared

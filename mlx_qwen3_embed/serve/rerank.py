@@ -1,7 +1,8 @@
 """The rerank dialects: Cohere's `POST /v1/rerank` and `/v2/rerank` (Jina's /v1/rerank has the same shape) and
 TEI's `POST /rerank`. Each handler checks and tokenizes its request, then hands the pairs to the one BatchWorker.
-Only /v1/rerank takes images, in Jina's shape (documents and query as {"image": data URL or base64}, with or
-without "text"); /v2/rerank and /rerank are text APIs and refuse one naming /v1/rerank.
+Only /v1/rerank takes images and videos, in Jina's shape (documents and query as {"image": data URL or base64}
+or {"video": frames or a video file's data URL}, with or without "text"; serve/items.py reads them, off the event
+loop); /v2/rerank and /rerank are text APIs and refuse one naming /v1/rerank.
 """
 
 import uuid
@@ -16,10 +17,11 @@ from ..checks import best_first, check_top_n, sigmoid
 from ..contracts import RerankModel
 from . import jobs
 from .errors import COHERE_PATHS, TEI_RERANK_PATH, ApiError
-from .items import read_images
+from .items import VideoLimits, read_media
 from .worker import BatchWorker
 
 RERANK_PATHS = COHERE_PATHS + (TEI_RERANK_PATH,)
+MEDIA = ("image", "video")  # what Jina's /v1/rerank items may hold besides text
 
 
 class CohereRequest(BaseModel):
@@ -46,9 +48,17 @@ class TeiRequest(BaseModel):
 
 
 def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorker, metrics, *, model_id: str,
-               max_inputs: int, allow_remote_images: bool = False):
+               max_inputs: int, allow_remote_images: bool = False, video_limits: VideoLimits = VideoLimits()):
     """Register the rerank routes on `app`; without a reranker they answer 404 naming the fix.
-    allow_remote_images: /v1/rerank's images may be http(s) URLs, downloaded by the server (serve/items.py)."""
+    allow_remote_images: /v1/rerank's images may be http(s) URLs, downloaded by the server (serve/items.py).
+    video_limits: what decoding one request's videos (query and documents together) may cost."""
+
+    def read(query: Any, documents: list) -> tuple[Any, list]:
+        """The bytes and decoded videos the model reads, for /v1/rerank's items (in a worker thread)."""
+        budget = video_limits.budget()  # shared by the query's and the documents' videos
+        query = query if isinstance(query, str) else read_media(query, None, allow_remote_images, "query", budget)
+        return query, [d if isinstance(d, str) else read_media(d, i, allow_remote_images, "documents", budget)
+                       for i, d in enumerate(documents)]
 
     async def scores(query: Any, documents: list, instruction: Optional[str], truncate: bool,
                      param: str) -> tuple[np.ndarray, int]:
@@ -78,13 +88,12 @@ def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorke
         images = version == "1"  # Jina's shape; Cohere's v2 is text only
         documents = _documents(body.documents, "documents", images)
         query = _query(body.query, images)
-        if images:  # the bytes the model reads; the request's objects are what comes back
-            query = query if isinstance(query, str) else read_images(query, None, allow_remote_images, "query")
-            read = [d if isinstance(d, str) else read_images(d, i, allow_remote_images, "documents")
-                    for i, d in enumerate(documents)]
+        # the bytes and frames the model reads; the request's objects are what comes back
+        if images and not all(isinstance(d, str) for d in [query, *documents]):
+            query_read, documents_read = await run_in_threadpool(read, query, documents)
         else:
-            read = documents
-        logits, tokens = await scores(query, read, body.instruction, True, "documents")
+            query_read, documents_read = query, documents
+        logits, tokens = await scores(query_read, documents_read, body.instruction, True, "documents")
         relevance = sigmoid(logits)
         keep = body.return_documents if body.return_documents is not None else version == "1"
         results = [{"index": i, "relevance_score": float(relevance[i]),
@@ -104,10 +113,12 @@ def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorke
 
     @app.post(TEI_RERANK_PATH)
     async def tei(body: TeiRequest):
-        if any(isinstance(t, dict) and "image" in t for t in body.texts):
-            i = next(i for i, t in enumerate(body.texts) if isinstance(t, dict) and "image" in t)
-            raise ApiError(f"texts[{i}] has an image: TEI's /rerank ranks text; send image documents to /v1/rerank "
-                           '(Jina\'s shape: {"image": "<data URL or base64>"})', "texts", "invalid_value")
+        media = [(i, k) for i, t in enumerate(body.texts) if isinstance(t, dict) for k in MEDIA if k in t]
+        if media:
+            i, kind = media[0]
+            raise ApiError(f"texts[{i}] has {_a(kind)}: TEI's /rerank ranks text; send {kind} documents to "
+                           f'/v1/rerank (Jina\'s shape: {{"{kind}": "<data URL or base64>"}})', "texts",
+                           "invalid_value")
         texts = _texts(body.texts, "texts", objects=False)
         logits, _ = await scores(body.query, texts, body.instruction, bool(body.truncate), "texts")
         values = logits if body.raw_scores else sigmoid(logits)
@@ -132,42 +143,47 @@ def _refused(e: Exception, param: str) -> ApiError:
 
 
 def _query(query: Any, images: bool) -> Any:
-    """The request's query: a string, or (Jina's /v1) an object with "text" and/or "image"."""
+    """The request's query: a string, or (Jina's /v1) an object with "text", "image" and/or "video"."""
     if isinstance(query, str):
         return query
     if not images:
-        raise ApiError("query must be a string: /v2/rerank ranks text; send an image query to /v1/rerank "
+        raise ApiError("query must be a string: /v2/rerank ranks text; send an image or video query to /v1/rerank "
                        '(Jina\'s shape: "query": {"image": "<data URL or base64>"})', "query", "invalid_type")
-    unknown = sorted(set(query) - {"text", "image"})
+    unknown = sorted(set(query) - {"text", *MEDIA})
     if unknown or not query:
-        raise ApiError(f'query must be a string or {{"text", "image"}}, got key {unknown[0] if unknown else "none"}'
-                       f'{"" if unknown else "s"}', "query", "invalid_value")
+        raise ApiError(f'query must be a string or {{"text", "image", "video"}}, got key '
+                       f'{unknown[0] if unknown else "none"}{"" if unknown else "s"}', "query", "invalid_value")
     return query
 
 
 def _documents(given: list, param: str, images: bool) -> list:
     """Cohere's and Jina's documents: strings, {"text": ...} (-> the string) and, with `images` (Jina's /v1),
-    {"image": ..., "text"?: ...} objects kept as they are; an ApiError naming the bad one."""
+    {"image" and/or "video", "text"?} objects kept as they are; an ApiError naming the bad one."""
     if not given:
         raise ApiError(f"{param} is empty: send at least one document", param, "empty_input")
     documents = []
     for i, item in enumerate(given):
-        if isinstance(item, dict) and "image" in item:
+        kind = next((k for k in MEDIA if k in item), None) if isinstance(item, dict) else None
+        if kind is not None:
             if not images:
-                raise ApiError(f"{param}[{i}] has an image: /v2/rerank ranks text; send image documents to "
-                               '/v1/rerank (Jina\'s shape: {"image": "<data URL or base64>"})', param,
+                raise ApiError(f"{param}[{i}] has {_a(kind)}: /v2/rerank ranks text; send {kind} documents to "
+                               f'/v1/rerank (Jina\'s shape: {{"{kind}": "<data URL or base64>"}})', param,
                                "invalid_value")
             if "text" in item and not isinstance(item["text"], str):
                 raise ApiError(f"{param}[{i}].text must be a string, got {type(item['text']).__name__}", param,
                                "invalid_type")
-            documents.append({k: item[k] for k in ("text", "image") if k in item})
+            documents.append({k: item[k] for k in ("text", *MEDIA) if k in item})
             continue
         documents.append(_texts([item], param, offset=i)[0])
     return documents
 
 
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind == "image" else f"a {kind}"
+
+
 def _returned(document: Any) -> dict:
-    """A result's document: {"text": ...}, or the request's image object as it came."""
+    """A result's document: {"text": ...}, or the request's image or video object as it came."""
     return {"text": document} if isinstance(document, str) else document
 
 

@@ -93,8 +93,8 @@ class VLEmbedder:
         """Items -> float32 vectors: one item gives (dim,), a list of N items gives (N, dim).
 
         An item is a str (text) or a dict with "text", "image" (a path, data URL, http(s) URL already in the
-        image cache, bytes, PIL image or uint8 (H, W, 3) array, or a list of them), "video" (a video file's path,
-        or a list of frames, each as an image) and an optional "instruction" (default: the `instruction`
+        image cache, bytes, PIL image or uint8 (H, W, 3) array, or a list of them), "video" (a video file's path
+        or bytes, or a list of frames, each as an image) and an optional "instruction" (default: the `instruction`
         argument, else "Represent the user's input.").
         dim: Matryoshka size (first `dim` values, then normalised). precision, ranges: as Embedder.embed.
         prompt_name, prompt: the text model's options, refused here (prepare_inputs says why).
@@ -236,15 +236,20 @@ class VLEmbedder:
                 "<|im_end|>\n<|im_start|>assistant\n")
 
     def _video(self, video: Any, where: str):
-        """A video file's path or a list of frames -> (images.Patches, timestamps), errors naming `where`."""
+        """A video file's path or bytes, a list of frames, or a video.Clip (decoded already: the server decodes
+        within its limits) -> (images.Patches, timestamps), errors naming `where`."""
+        if isinstance(video, _video.Clip):
+            return video.patches, video.stamps
         if isinstance(video, (str, os.PathLike)) and os.fspath(video).startswith(("http://", "https://")):
             raise ValueError(f"{where}'s video is a URL: download it and give the file's path")
-        if not isinstance(video, (str, os.PathLike, list, tuple)):
-            raise TypeError(f"{where}'s video must be a file path or a list of frames, "
+        if not isinstance(video, (str, os.PathLike, bytes, list, tuple)):
+            raise TypeError(f"{where}'s video must be a file path or bytes or a list of frames, "
                             f"got {type(video).__name__}")
         if not video:
             raise ValueError(f"{where}'s video has no frames")
         try:
+            if isinstance(video, bytes):  # a video file's contents
+                return _video.preprocess_video_file(video, self.max_image_pixels)
             if isinstance(video, (str, os.PathLike)):
                 return _video.preprocess_video_file(os.fspath(video), self.max_image_pixels)
             return _images.preprocess_video([_images.open_image(f, self.max_image_pixels) for f in video])
