@@ -347,3 +347,19 @@ def test_cli_converts_and_describes_a_vl_reranker(runner, vl_reranker_model, tmp
 def test_empty_input_gives_empty_results(reranker):
     assert reranker.score("q", []).shape == (0,) and reranker.score_pairs([]).shape == (0,)
     assert reranker.rerank({"text": "q"}, []) == []
+
+
+def test_a_hub_id_in_the_offline_cache_is_told_a_reranker_by_its_repository_name(vl_reranker_model, tmp_path,
+                                                                                monkeypatch):
+    """The hub cache's snapshot folder is named for its commit: the repository's name tells the kind."""
+    from huggingface_hub import constants
+
+    from test_cli import cache_hub_model
+
+    cache_hub_model(vl_reranker_model, tmp_path, "Qwen/Qwen3-VL-Reranker-tiny")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert open_checkpoint("Qwen/Qwen3-VL-Reranker-tiny").kind == "qwen3_vl_reranker"
+    assert isinstance(mqe.load_reranker("Qwen/Qwen3-VL-Reranker-tiny"), VLReranker)
+    with pytest.raises(ValueError, match="load_reranker"):
+        mqe.load("Qwen/Qwen3-VL-Reranker-tiny")
