@@ -50,10 +50,10 @@ def no_space(path: Path) -> OSError:
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
-    """The one rule for an output file: an existing `path` is replaced only with --overwrite (overwrite=True)."""
+    """The one rule for an output file: an existing `path` is replaced only with overwrite=True (--overwrite)."""
     path = Path(path)
     if not overwrite and (path.exists() or path.is_symlink()):
-        raise FileExistsError(f"{path} exists: pass --overwrite (overwrite=True) to replace it")
+        raise FileExistsError(f"{path} exists: pass overwrite=True to replace it")
 
 
 def partial_prefix(dst: Path) -> str:

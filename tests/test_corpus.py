@@ -154,7 +154,7 @@ def test_finished_output_is_refused_without_overwrite(hub_model, tmp_path):
     before = (tmp_path / "v.npy").read_bytes()
     refused = cli(*common, "--dim", "16")
     assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'v.npy'} exists: pass --overwrite (overwrite=True) to replace it"]
+        f"error: {tmp_path / 'v.npy'} exists: pass --overwrite to replace it"]
     assert (tmp_path / "v.npy").read_bytes() == before
     replaced = cli(*common, "--dim", "16", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr

@@ -126,7 +126,7 @@ def test_a_finished_output_is_refused_without_overwrite(runner, vl_model, record
     assert runner.invoke(app, common).exit_code == 0
     before = (tmp_path / "v.npy").read_bytes()
     assert one_error_line(runner.invoke(app, [*common, "--dim", "16"])) == (
-        f"error: {tmp_path / 'v.npy'} exists: pass --overwrite (overwrite=True) to replace it")
+        f"error: {tmp_path / 'v.npy'} exists: pass --overwrite to replace it")
     assert (tmp_path / "v.npy").read_bytes() == before
     replaced = runner.invoke(app, [*common, "--dim", "16", "--overwrite"])
     assert replaced.exit_code == 0, replaced.output

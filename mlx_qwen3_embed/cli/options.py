@@ -49,7 +49,8 @@ def friendly_errors(command):
 
 # the library's advice names Python functions; on the command line the same advice is a command
 CLI_ADVICE = {"load it with mlx_qwen3_embed.load_reranker": "use `mlx-embed rerank` (or `mlx-embed serve --reranker`)",
-              "load it with mlx_qwen3_embed.load": "use `mlx-embed embed` (or `mlx-embed serve --model`)"}
+              "load it with mlx_qwen3_embed.load": "use `mlx-embed embed` (or `mlx-embed serve --model`)",
+              "pass overwrite=True": "pass --overwrite"}
 
 
 def message(e: Exception) -> str:
