@@ -402,3 +402,15 @@ def test_a_lone_surrogate_in_a_rerank_request_is_a_400_naming_it(reranker_hub, p
     with TestClient(create_app(None, reranker=mqe.load_reranker(str(reranker_hub)))) as client:
         response = client.post(path, content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400 and named in response.text and "surrogate" in response.text
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/rerank", {"query": "q", "texts": ["a"], "truncation_direction": "sideways"}, "truncation_direction"),
+    ("/rerank", {"query": "q", "texts": ["a"], "truncation_direction": "Left"}, "truncation_direction"),
+    ("/v2/rerank", {"query": "q", "documents": ["a"], "max_tokens_per_doc": -5}, "max_tokens_per_doc"),
+])
+def test_rerank_options_it_cannot_honour_are_a_400_naming_them(reranker_hub, path, body, field):
+    with TestClient(create_app(None, reranker=mqe.load_reranker(str(reranker_hub)))) as client:
+        response = client.post(path, json=body)
+        assert response.status_code == 400 and field in response.text
+        assert client.post(path, json={k: v for k, v in body.items() if k != field}).status_code == 200

@@ -6,7 +6,7 @@ loop); /v2/rerank and /rerank are text APIs and refuse one naming /v1/rerank.
 """
 
 import uuid
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 from fastapi import FastAPI
@@ -31,7 +31,7 @@ class CohereRequest(BaseModel):
     model: Optional[StrictStr] = None
     top_n: Optional[StrictInt] = None
     return_documents: Optional[StrictBool] = Field(None, description="default: true on /v1 (Jina), false on /v2")
-    max_tokens_per_doc: Optional[StrictInt] = None  # Cohere v2; documents are cut to max_length here anyway
+    max_tokens_per_doc: Optional[StrictInt] = Field(None, ge=1)  # Cohere v2; documents are cut to max_length here
     rank_fields: Optional[list[StrictStr]] = None   # Cohere v1 for JSON documents: only "text" is read
     instruction: Optional[StrictStr] = None
 
@@ -43,7 +43,8 @@ class TeiRequest(BaseModel):
     raw_scores: StrictBool = False
     return_text: StrictBool = False
     truncate: Optional[StrictBool] = False
-    truncation_direction: Optional[StrictStr] = "Right"
+    # the card's template cuts the document's end (the pair's start holds the query): only TEI's default is possible
+    truncation_direction: Literal["Right", "right"] = "Right"
     instruction: Optional[StrictStr] = None
 
 
