@@ -8,7 +8,6 @@ from typing import Optional
 from ..models.args import ModelArgs
 from .weights import KIND_KEY, model_kind, read_config, read_config_json, resolve
 
-KINDS = ("embedding", "reranker", "qwen3_vl", "qwen3_vl_reranker")
 VL_KINDS = ("qwen3_vl", "qwen3_vl_reranker")  # Qwen3-VL's config: the embedder and the reranker alike
 
 
@@ -20,10 +19,6 @@ class Checkpoint:
     config: dict       # config.json
     kind: Optional[str]  # "embedding", "reranker" (Qwen3 text decoders), "qwen3_vl", "qwen3_vl_reranker", or
                          # None: nothing tells
-
-    @property
-    def model_type(self) -> str:
-        return self.config.get("model_type", "")
 
     @property
     def vision(self) -> bool:

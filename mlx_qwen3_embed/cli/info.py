@@ -76,9 +76,9 @@ def decoder(checkpoint) -> tuple:
         return args.text, {"max_length": limit, "vision": {
             "depth": vision.depth, "hidden_size": vision.hidden_size, "patch_size": vision.patch_size,
             "spatial_merge_size": vision.spatial_merge_size}}
-    from ..checkpoint.weights import read_config
+    from ..checkpoint import decoder_args
 
-    args = read_config(checkpoint.folder, checkpoint.config)
+    args = decoder_args(checkpoint)
     if checkpoint.kind == "reranker":
         from ..reranker import MAX_LENGTH
 

@@ -171,11 +171,6 @@ class VLEmbedder:
                               batch_tokens=batch_tokens, name=self.name)
         return vectors if precision == "float32" else _precision.quantize(vectors, precision, ranges)
 
-    def embed_ids(self, prepared: list[Prepared], *, normalize: bool = True,
-                  batch_tokens: Optional[int] = None) -> np.ndarray:
-        """Prepared items -> (N, dim), as Embedder.embed_ids takes finished ids (the server's older call)."""
-        return self.embed_prepared(prepared, normalize=normalize, batch_tokens=batch_tokens)
-
     def prepare(self, item: Any, index: int = 0, instruction: Optional[str] = None,
                 max_length: Optional[int] = None) -> Prepared:
         """One item -> its token ids, rotary positions and pixels (the recipe's prompt). Errors name `index`."""
