@@ -414,3 +414,34 @@ def test_rerank_options_it_cannot_honour_are_a_400_naming_them(reranker_hub, pat
         response = client.post(path, json=body)
         assert response.status_code == 400 and field in response.text
         assert client.post(path, json={k: v for k, v in body.items() if k != field}).status_code == 200
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/embeddings", {"input": "word " * 400_000}),                      # refused by its characters
+    ("/v1/embeddings", {"input": "word " * 400_000, "truncate": True}),    # cut: read as far as the limit needs
+    ("/api/embed", {"input": "word " * 400_000}),                          # Ollama truncates by default
+    ("/embed", {"inputs": "word " * 400_000, "truncate": True}),
+])
+def test_a_huge_text_is_never_tokenized_whole(hub_model, monkeypatch, path, body):
+    """Every dialect prepares through the model's own bounds (serve/jobs.fit): no request makes the tokenizer read
+    more than 2 x max_length x chars_per_token characters of an input."""
+    embedder = mqe.load(str(hub_model))
+    tokenizer = embedder.tokenizer
+    read = []
+    inner = tokenizer._tokenizer
+    real = inner.encode_batch
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def encode_batch(self, texts, **kwargs):
+            read.extend(len(t) for t in texts)
+            return real(texts, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "_tokenizer", Recording())
+    with TestClient(create_app(embedder)) as client:
+        response = client.post(path, json=body)
+    assert response.status_code in (200, 400, 413), response.text
+    bound = 2 * (embedder.max_length + 1) * tokenizer.chars_per_token
+    assert max(read, default=0) <= bound < len("word " * 400_000)

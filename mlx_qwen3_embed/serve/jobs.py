@@ -14,7 +14,6 @@ from ..pooling import check_dim
 from .errors import ApiError
 from .worker import BatchWorker, Job, QueueFull
 
-UNLIMITED = 2**62  # prepare whole, then cut: the dialects need to know what was cut and from which side
 INDEX = re.compile(r"^(?:item|input|texts|documents|pairs|pair)\s*\[?(\d+)\]?")  # the library's way to name input i
 
 
@@ -48,33 +47,39 @@ def named(message: str, param: str) -> str:
 
 
 def refused(e: Exception, param: str) -> ApiError:
-    """The library's refusal of one input (ValueError, TypeError, FileNotFoundError) as a 400 naming it."""
+    """The library's refusal of one input (ValueError, TypeError, FileNotFoundError) as a 400 naming it; an input
+    over max_length is context_length_exceeded."""
+    if isinstance(e, ValueError) and "more than max_length" in str(e):
+        return too_long(named(str(e), param), param)
     return ApiError(named(str(e), param), param, "invalid_type" if isinstance(e, TypeError) else "invalid_value")
+
+
+def too_long(message: str, param: str) -> ApiError:
+    return ApiError(f"{message} (max_length is the server's --max-length)", param, "context_length_exceeded")
 
 
 def fit(prepare: Callable[..., list], inputs: list, limit: int, *, truncate: bool,
         param: str = "input") -> tuple[list, int]:
     """Inputs -> (prepared inputs of at most `limit` tokens, how many were cut). prepare(inputs, max_length=,
-    truncate=) is the model's; over-long without `truncate` (or one that cannot be cut) is a 400
-    context_length_exceeded naming it."""
+    truncate=) is the model's, so its bound on the work per input holds (a text surely too long is refused by its
+    characters; a cut one is read only as far as the limit needs); over-long without `truncate`, or an input that
+    cannot be cut (a Qwen3-VL item's image tokens), is a 400 context_length_exceeded naming it."""
     try:
-        whole = prepare(inputs, max_length=UNLIMITED, truncate=True)
+        if not truncate:
+            return prepare(inputs, max_length=limit, truncate=False), 0
+        # one token of room beyond the limit tells exactly which inputs were cut
+        prepared = prepare(inputs, max_length=limit + 1, truncate=True)
     except UnicodeError:  # a lone surrogate: app.py answers 400 naming it
         raise
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise refused(e, param) from None
-    over = [i for i, p in enumerate(whole) if len(p) > limit]
-    if over and not truncate:
-        i = over[0]
-        raise ApiError(f"{param}[{i}] has {len(whole[i])} tokens, more than max_length {limit} (the server's "
-                       "--max-length): shorten it or send truncate=true", param, "context_length_exceeded")
+    over = [i for i, p in enumerate(prepared) if len(p) > limit]
     for i in over:
         try:
-            whole[i] = prepare([inputs[i]], max_length=limit, truncate=True)[0]
+            prepared[i] = prepare([inputs[i]], max_length=limit, truncate=True)[0]
         except ValueError as e:  # it cannot be cut (a Qwen3-VL item's image tokens)
-            raise ApiError(f"{param}[{i}]: {named(str(e), param).removeprefix(f'{param}[0] ')}", param,
-                           "context_length_exceeded") from None
-    return whole, len(over)
+            raise too_long(f"{param}[{i}]: {named(str(e), param).removeprefix(f'{param}[0] ')}", param) from None
+    return prepared, len(over)
 
 
 def prepare(model: EmbeddingModel, inputs: list[Any], *, truncate: bool, direction: str = "right",
