@@ -49,32 +49,56 @@ class Reranker:
 
     def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], *, instruction: Optional[str] = None,
                        max_length: Optional[int] = None, truncate: bool = True) -> list[list[int]]:
-        """(query, document) pairs -> token id lists as the card builds them: the pair's body is encoded alone,
-        its end cut to fit max_length with the prefix and suffix (so only the document shrinks), then wrapped.
-        truncate=False: a pair over max_length raises ValueError instead."""
+        """(query, document) pairs -> token id lists as the card builds them: prefix + the pair's body + suffix,
+        the body's end cut to fit max_length (so only the document shrinks). truncate=False: a pair over
+        max_length raises ValueError instead.
+
+        The body is encoded in two parts, the same ids as encoding it whole: "...<Document>:" (once per distinct
+        query) and " " + document (the space starts the document's first pre-token: the ":" run before it cannot
+        extend into it). So a request's work is one query's tokens plus each document's, and a document is read
+        only as far as the budget needs (Tokenizer.encode's character bound).
+        """
         pairs = _check_pairs(pairs)
         instruction = DEFAULT_INSTRUCTION if instruction is None else check_unicode(
             _check_str("instruction", instruction), "instruction")
         limit = self._max_length(max_length)
         fixed = len(self.prefix_ids) + len(self.suffix_ids)
         budget = limit - fixed
-        encoded = self.tokenizer.offsets([pair_body(instruction, q, d) for q, d in pairs])
+        bound = budget * self.tokenizer.chars_per_token  # more characters than this: surely over the budget
+        heads: dict[str, list[int]] = {}
+        for i, (query, _) in enumerate(pairs):
+            if query not in heads:
+                heads[query] = self._head(instruction, query, bound, budget, limit, fixed, i)
+        documents = []
+        for i, (query, document) in enumerate(pairs):
+            room = budget - len(heads[query])
+            if len(document) + 1 > room * self.tokenizer.chars_per_token and not truncate:
+                raise ValueError(f"pair {i} has {len(document)} characters in its document: more than max_length "
+                                 f"{limit} tokens: shorten the document, raise max_length, or allow truncation")
+            documents.append(" " + document[: 2 * bound])  # the same tokens unless one word runs past the cut
         sequences = []
-        for i, ((query, _), (ids, offsets)) in enumerate(zip(pairs, encoded)):
-            if len(ids) > budget and not truncate:
-                raise ValueError(f"pair {i} has {len(ids) + fixed} tokens, more than max_length {limit}: shorten "
-                                 "the document, raise max_length, or allow truncation")
-            if len(ids) > budget:
-                # tokens that start before the document (the last may run into it) must all stay
-                head_chars = len(pair_body(instruction, query))
-                needed = sum(1 for start, _ in offsets if start < head_chars)
-                if needed > budget:
-                    raise ValueError(f"pair {i}: the instruction and query take {needed} tokens, more than the "
-                                     f"{budget} that max_length {limit} leaves beside the template's {fixed}: "
-                                     "shorten the query or raise max_length")
-                ids = ids[:budget]
-            sequences.append(self.prefix_ids + list(ids) + self.suffix_ids)
+        for i, ((query, _), ids) in enumerate(zip(pairs, self.tokenizer.ids(documents))):
+            head = heads[query]
+            if len(head) + len(ids) > budget:
+                if not truncate:
+                    raise ValueError(f"pair {i} has {len(head) + len(ids) + fixed} tokens, more than max_length "
+                                     f"{limit}: shorten the document, raise max_length, or allow truncation")
+                ids = ids[: budget - len(head)]
+            sequences.append(self.prefix_ids + head + ids + self.suffix_ids)
         return sequences
+
+    def _head(self, instruction: str, query: str, bound: int, budget: int, limit: int, fixed: int,
+              index: int) -> list[int]:
+        """The ids of the body up to "<Document>:", refused (naming pair `index`) when they and the document's
+        first token cannot fit: by its characters before any tokenizing, else by its tokens."""
+        text = pair_body(instruction, query).removesuffix(" ")
+        ids = self.tokenizer.ids([text])[0] if len(text) <= bound else None
+        if ids is None or len(ids) + 1 > budget:
+            size = f"{len(ids) + 1} tokens" if ids is not None else f"{len(text)} characters"
+            raise ValueError(f"pair {index}: the instruction and query take {size}, more than the {budget} that "
+                             f"max_length {limit} leaves beside the template's {fixed}: shorten the query or raise "
+                             "max_length")
+        return ids
 
     prepare_pairs = tokenize_pairs  # the contract's names (contracts.RerankModel)
 

@@ -117,6 +117,42 @@ def test_truncation_cuts_only_the_document(reranker, reranker_hub):
     assert np.abs(short.score_pairs(pairs) - reference).max() <= TOLERANCE
 
 
+def test_ids_are_the_cards_for_awkward_text(reranker, reranker_hub):
+    # the body is encoded in two parts (the query's once): the ids must be those of the whole body, whatever the
+    # document starts with (spaces, newlines, digits, punctuation, a combining mark, a special token)
+    rng = np.random.default_rng(0)
+    pieces = ["a", "Zé", " ", "  ", "\n", "\r\n", "\t", "5", "42", "!", ":", ".", "<", ">", "'s", "'ll", "\u0301",
+              "日本", "<|im_end|>", "<|endoftext|>"]
+    pairs = [("".join(rng.choice(pieces, rng.integers(0, 6))), "".join(rng.choice(pieces, rng.integers(0, 10))))
+             for _ in range(300)]
+    for max_length in (8192, 150):
+        _, reference = card_ids(reranker_hub, pairs, max_length=max_length)
+        assert reranker.tokenize_pairs(pairs, max_length=max_length) == reference
+
+
+def test_a_query_is_tokenized_once_per_request(reranker, monkeypatch):
+    texts = []
+    ids = reranker.tokenizer.ids
+    monkeypatch.setattr(reranker.tokenizer, "ids", lambda batch: texts.extend(batch) or ids(batch))
+    query = "which fox is the quickest of them all"
+    reranker.tokenize(query, DOCUMENTS * 10)
+    assert sum(query in t for t in texts) == 1 and len(texts) == 1 + 10 * len(DOCUMENTS)
+
+
+def test_a_query_too_long_is_refused_by_its_characters(reranker, monkeypatch):
+    monkeypatch.setattr(reranker.tokenizer, "ids", lambda batch: pytest.fail("tokenized"))
+    with pytest.raises(ValueError, match="pair 0: the instruction and query take .* characters"):
+        reranker.tokenize("q " * 100_000, ["d"] * 2048, max_length=512)
+
+
+def test_an_over_long_document_without_truncation_is_refused_by_its_characters(reranker, monkeypatch):
+    ids = reranker.tokenizer.ids
+    monkeypatch.setattr(reranker.tokenizer, "ids", lambda batch: [pytest.fail("tokenized")] if len(batch[0]) > 10**5
+                        else ids(batch))
+    with pytest.raises(ValueError, match="pair 0 has 1000000 characters .* more than max_length 512"):
+        reranker.tokenize("q", ["d" * 10**6], max_length=512, truncate=False)
+
+
 def test_a_query_too_long_raises(reranker):
     with pytest.raises(ValueError, match="pair 0: the instruction and query take .* shorten the query"):
         reranker.tokenize_pairs([(" ".join(DOCUMENTS), "short")], max_length=100)
