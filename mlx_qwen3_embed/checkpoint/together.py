@@ -8,8 +8,7 @@ Turns): together they need every model's weights plus the largest working memory
 from typing import Optional
 
 from ..device import GB, MEMORY_ENV, DevicePlan, available_memory, fit_memory
-from . import open_checkpoint
-from .weights import memory_figures
+from .weights import memory_figures, read_config_json, resolve
 
 
 def plan_together(models: list[str], plan: DevicePlan, available: Optional[int] = None) -> list[int]:
@@ -42,12 +41,14 @@ def plan_together(models: list[str], plan: DevicePlan, available: Optional[int] 
 
 
 def _figures(model: str, plan: DevicePlan) -> tuple[int, int, int]:
-    """weights.memory_figures of any kind: a Qwen3-VL model's (embedder or reranker) with its vision tower."""
-    checkpoint = open_checkpoint(model)
-    folder, config = checkpoint.folder, checkpoint.config
-    if checkpoint.kind in ("qwen3_vl", "qwen3_vl_reranker"):
+    """weights.memory_figures of any kind, from a hub id's config alone (nothing big is fetched before the plan
+    says yes) but for a Qwen3-VL model (embedder or reranker), whose vision tower is sized by its files' headers."""
+    folder = resolve(model, weights=False)
+    config = read_config_json(folder)
+    if config.get("model_type") == "qwen3_vl":
         from .vl_weights import read_vl_config, vision_memory  # only a Qwen3-VL model imports the vision modules
 
+        folder = resolve(model)
         args = read_vl_config(folder, config)
         return memory_figures(folder, plan, config, args.text, vision_memory(folder, plan, config, args))
     return memory_figures(folder, plan, config)

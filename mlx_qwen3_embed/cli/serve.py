@@ -122,10 +122,10 @@ def model_specs(flags: list[str], file: Path | None) -> list[tuple[str | None, s
             raise ValueError(f"--models {file} names no model: write one [NAME=]MODEL a line")
     specs = []
     for spec in given:
-        name, sep, ref = spec.partition("=")
+        name, sep, ref = (part.strip() for part in spec.partition("="))
         if not sep or "/" in name or Path(spec).expanduser().exists():
             name, ref = None, spec
-        if name == "" or not ref.strip():
+        if name == "" or not ref:
             raise ValueError(f"--model {spec!r}: give MODEL or NAME=MODEL")
         specs.append((name, ref))
     return specs
