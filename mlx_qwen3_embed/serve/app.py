@@ -63,9 +63,9 @@ def create_app(embedder: Union[EmbeddingModel, Mapping[str, EmbeddingModel], Non
     """
     if embedder is None and reranker is None:
         raise ValueError("give an embedder, a reranker or both to serve")
-    if isinstance(embedder, Mapping) and len(embedder) > 1 and served_model_name is not None:
-        raise ValueError("served_model_name names one model: give several models their names as the keys")
     if isinstance(embedder, Mapping):
+        if len(embedder) > 1 and served_model_name is not None:
+            raise ValueError("served_model_name names one model: give several models their names as the keys")
         embedders = {served_model_name or name: model for name, model in embedder.items()}
     else:
         embedders = {} if embedder is None else {served_model_name or model_name(embedder.name): embedder}
