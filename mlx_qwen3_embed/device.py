@@ -20,8 +20,10 @@ checkpoint's own storage (bf16: 2 bytes, 4-bit: ~0.56) and rebuild one float32 m
 import os
 import platform
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Iterator, Optional
 
 import mlx.core as mx
 
@@ -79,12 +81,26 @@ def plan(device: Optional[str] = None, dtype: Optional[str] = None,
 
 MEMORY_ENV = "MLX_QWEN3_EMBED_MEMORY"  # e.g. "12GB": the memory the loader may plan with, instead of measuring
 GB = 1 << 30
+_LEFT: ContextVar[Optional[int]] = ContextVar("memory_left", default=None)
+
+
+@contextmanager
+def memory_left(available: Optional[int]) -> Iterator[None]:
+    """Within it, available_memory() answers `available` bytes (None: as outside): the share of the memory a
+    model loaded beside others may plan with (checkpoint/together.py planned them all first)."""
+    token = _LEFT.set(available)
+    try:
+        yield
+    finally:
+        _LEFT.reset(token)
 
 
 def available_memory(device: str = "cpu") -> int:
-    """Bytes the model may use: $MLX_QWEN3_EMBED_MEMORY if set; on Metal the recommended working set; on
-    Linux MemAvailable (free + reclaimable page cache, what can be allocated without swapping); else the
-    machine's physical memory."""
+    """Bytes the model may use: inside memory_left, its figure; $MLX_QWEN3_EMBED_MEMORY if set; on Metal the
+    recommended working set; on Linux MemAvailable (free + reclaimable page cache, what can be allocated without
+    swapping); else the machine's physical memory."""
+    if _LEFT.get() is not None:
+        return _LEFT.get()
     given = os.environ.get(MEMORY_ENV)
     if given:
         return parse_bytes(given)

@@ -56,11 +56,16 @@ VISION_KEYS = ("visual.", "vision_tower.")  # the vision tower's tensors, in the
 def plan_vl_memory(folder: Path, plan: DevicePlan, config: dict, args: VLArgs) -> DevicePlan:
     """`plan` fitted to the memory left (weights.plan_memory): the decoder from its config, plus the vision
     tower as stored (its headers), scaled to the compute dtype when it is dequantized."""
+    return plan_memory(folder, plan, config=config, args=args.text, extra=vision_memory(folder, plan, config, args))
+
+
+def vision_memory(folder: Path, plan: DevicePlan, config: dict, args: VLArgs) -> tuple[int, int]:
+    """The vision tower's (bytes as `plan` holds it, bytes as stored), beside the decoder's."""
     vision = stored_bytes(folder, VISION_KEYS)
     planned = vision if plan.upcast else vision * plan.dtype.size // stored_dtype_size(config)
     if args.quantization and plan.dequantize:  # an 8-bit tower dequantized: about 1 byte a weight -> compute dtype
         planned = vision * plan.dtype.size
-    return plan_memory(folder, plan, config=config, args=args.text, extra=(planned, vision))
+    return planned, vision
 
 
 def load_vl_model(folder: Path, plan: DevicePlan, config: Optional[dict] = None) -> tuple[Qwen3VL, VLArgs]:

@@ -206,11 +206,18 @@ def plan_memory(folder: Path, plan: DevicePlan, available: Optional[int] = None,
     keeping the stored weights (plan.upcast); raises MemoryError, reading no weights, when nothing fits.
     args: the decoder's numbers (default: config.json's); extra: (planned, stored) bytes beside the decoder
     (a Qwen3-VL vision tower)."""
+    planned, stored, working = memory_figures(folder, plan, config, args, extra)
+    return fit_memory(plan, planned, stored, working, available, name=str(folder))
+
+
+def memory_figures(folder: Path, plan: DevicePlan, config: Optional[dict] = None, args: Optional[ModelArgs] = None,
+                   extra: tuple[int, int] = (0, 0)) -> tuple[int, int, int]:
+    """What plan_memory weighs: (weights as `plan` holds them, weights as stored, working memory) in bytes."""
     if config is None:
         config = json.loads((folder / "config.json").read_text())
     args = args or read_config(folder, config)
     planned, stored, working = memory_need(args, plan, stored_dtype_size(config))
-    return fit_memory(plan, planned + extra[0], stored + extra[1], working, available, name=str(folder))
+    return planned + extra[0], stored + extra[1], working
 
 
 def load_fitted(folder: Path, plan: DevicePlan, config: dict) -> tuple[Qwen3, ModelArgs, DevicePlan]:

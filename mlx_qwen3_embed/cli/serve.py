@@ -1,4 +1,6 @@
-"""`mlx-embed serve`: the HTTP server over one batching worker."""
+"""`mlx-embed serve`: the HTTP server over a batching worker per model (`--model` repeated, or `--models FILE`)."""
+
+from pathlib import Path
 
 import typer
 
@@ -7,8 +9,11 @@ from .options import DEVICE_HELP, DTYPE_HELP, MODEL_HELP, default_model, friendl
 
 @friendly_errors
 def serve(
-    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Not loaded when only --reranker "
-                                                                              "is given."),
+    model: list[str] = typer.Option([], "--model", "-m", help=MODEL_HELP + " Not loaded when only --reranker "
+                                    "is given. Repeat it to serve several, [NAME=]MODEL each: requests pick one by "
+                                    "their `model` field (the first when they name none)."),
+    models: Path | None = typer.Option(None, "--models", help="A file of models to serve besides --model's, one "
+                                                              "[NAME=]MODEL a line ('#' starts a comment)."),
     reranker: str | None = typer.Option(None, help="A Qwen3-Reranker hub id or folder: adds POST /v1/rerank, "
                                                    "/v2/rerank (Cohere, Jina) and /rerank (TEI)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; loopback by default, so only this machine can call."),
@@ -16,7 +21,8 @@ def serve(
     api_key: str | None = typer.Option(None, envvar="MLX_EMBED_API_KEY",
                                        help="Require 'Authorization: Bearer <key>' (401 otherwise)."),
     served_model_name: str | None = typer.Option(None, help="Model id in responses and /v1/models (default: "
-                                                            "--model's name: a hub id, or the folder's name)."),
+                                                            "--model's name: a hub id, or the folder's name); "
+                                                            "several models: --model NAME=MODEL."),
     batch_tokens: int | None = typer.Option(None, help="Tokens packed into one model call (default: the device's)."),
     max_batch_requests: int = typer.Option(256, help="Requests packed into one model call; 1 turns batching off."),
     max_queue: int = typer.Option(1024, help="Requests waiting beyond this are answered 429."),
@@ -51,7 +57,10 @@ def serve(
     """Serve OpenAI-compatible POST /v1/embeddings (+ /v1/models, /health, /metrics), batching across requests;
     with --reranker also Cohere/Jina /v1/rerank, /v2/rerank and TEI /rerank."""
     from .. import load, load_reranker
+    from ..checkpoint.together import plan_together
+    from ..device import memory_left, plan
     from ..serve import create_app
+    from ..serve.app import model_name
     from ..serve.listen import bind, run
 
     # the flags' own names in their errors, and before the model loads
@@ -60,15 +69,30 @@ def serve(
                 max_connections=max_connections, cache_size=cache_size, header_timeout=header_timeout,
                 body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout, shutdown_timeout=shutdown_timeout,
                 max_video_frames=max_video_frames, max_video_pixels=max_video_pixels, video_timeout=video_timeout)
+    specs = model_specs(model, models) or ([] if reranker else [(None, default_model())])
+    named = [name for name, _ in specs if name is not None]
+    if served_model_name is not None and (len(specs) > 1 or named):
+        raise ValueError("--served-model-name names one model: with several give each --model NAME=MODEL")
+    # clients see a model's name (a hub id, or the folder's name), not its path
+    names = [name or model_name(ref) for name, ref in specs]
+    twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if twice is not None:
+        raise ValueError(f"two models would be served as {twice!r}: name them with --model NAME=MODEL")
     sock = bind(host, port)  # a busy port is one error line, not a model load and then uvicorn's traceback
     try:
-        name = model or (None if reranker else default_model())
-        embedder = load(name, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length,
-                        cache_size=cache_size) if name \
-            else None
-        scorer = load_reranker(reranker, device=device, dtype=dtype, batch_tokens=batch_tokens) if reranker else None
-        # served_model_name None: clients see the model's name (a hub id, or the folder's name), not its path
-        application = create_app(embedder, reranker=scorer, api_key=api_key, served_model_name=served_model_name,
+        refs = [ref for _, ref in specs] + ([reranker] if reranker else [])
+        # several models: their memory planned together before any loads, each load then plans with its share
+        budgets = plan_together(refs, plan(device, dtype, None, batch_tokens)) if len(refs) > 1 else [None]
+        embedders, scorer = {}, None
+        for name, (_, ref), budget in zip(names, specs, budgets):
+            with memory_left(budget):
+                embedders[name] = load(ref, device=device, dtype=dtype, batch_tokens=batch_tokens,
+                                       max_length=max_length, cache_size=cache_size)
+        if reranker:
+            with memory_left(budgets[-1]):
+                scorer = load_reranker(reranker, device=device, dtype=dtype, batch_tokens=batch_tokens)
+        application = create_app(embedders or None, reranker=scorer, api_key=api_key,
+                                 served_model_name=served_model_name,
                                  batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
                                  max_queue=max_queue, max_inputs=max_inputs, max_request_bytes=max_request_bytes,
                                  cors_origins=tuple(cors_origin), public_metrics=public_metrics,
@@ -78,13 +102,33 @@ def serve(
         if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
             typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
         address = f"[{host}]" if ":" in host else host
-        served = " and ".join(([name] if name else []) + ([f"reranker {reranker}"] if reranker else []))
+        served = " and ".join([ref for _, ref in specs] + ([f"reranker {reranker}"] if reranker else []))
         typer.echo(f"serving {served} on http://{address}:{sock.getsockname()[1]}", err=True)
         run(application, sock, max_connections=max_connections, log_level=log_level,
             **_given(header_timeout=header_timeout, keep_alive_timeout=keep_alive_timeout,
                      shutdown_timeout=shutdown_timeout))
     finally:
         sock.close()
+
+
+def model_specs(flags: list[str], file: Path | None) -> list[tuple[str | None, str]]:
+    """--model's values, then --models FILE's lines -> (served name or None, hub id or folder) each. NAME=MODEL
+    names one, unless the whole of it is a folder, or NAME holds a "/" (a hub id or a path with "=" in it)."""
+    given = list(flags)
+    if file is not None:
+        lines = [line.split("#", 1)[0].strip() for line in file.read_text().splitlines()]
+        given += [line for line in lines if line]
+        if not any(lines):
+            raise ValueError(f"--models {file} names no model: write one [NAME=]MODEL a line")
+    specs = []
+    for spec in given:
+        name, sep, ref = (part.strip() for part in spec.partition("="))
+        if not sep or "/" in name or Path(spec).expanduser().exists():
+            name, ref = None, spec
+        if name == "" or not ref:
+            raise ValueError(f"--model {spec!r}: give MODEL or NAME=MODEL")
+        specs.append((name, ref))
+    return specs
 
 
 def check_flags(*, port, cache_size, **flags) -> None:

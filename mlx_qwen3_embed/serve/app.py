@@ -7,9 +7,10 @@ Every client mistake is a 4xx in the API's error shape: the SDKs retry 5xx, so a
 import asyncio
 import hmac
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,9 +26,9 @@ from .errors import ApiError, error_response
 from .items import MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS, VIDEO_TIMEOUT, VideoLimits
 from .limits import RequestLimits
 from .metrics import CONTENT_TYPE, Metrics
+from .models import Served
 from .openai import EMBEDDING_PATHS, MAX_INPUTS
 from .rerank import RERANK_PATHS
-from .worker import BatchWorker
 
 KNOWN_PATHS = EMBEDDING_PATHS + RERANK_PATHS + ("/v1/models", "/health", "/metrics") + ollama.PATHS + tei.PATHS
 # embedding and rerank routes: timed in the latency histogram
@@ -36,7 +37,8 @@ BYTES_PER_TOKEN = 4  # the default body cap allows max_inputs texts of max_lengt
 BODY_TIMEOUT = 30.0  # seconds for a whole request body to arrive
 
 
-def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankModel] = None,
+def create_app(embedder: Union[EmbeddingModel, Mapping[str, EmbeddingModel], None], *,
+               reranker: Optional[RerankModel] = None,
                api_key: Optional[str] = None, served_model_name: Optional[str] = None,
                batch_tokens: Optional[int] = None, max_batch_requests: int = 256, max_queue: int = 1024,
                max_inputs: int = MAX_INPUTS, max_request_bytes: Optional[int] = None,
@@ -44,8 +46,10 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
                public_metrics: bool = False, allow_remote_images: bool = False,
                max_video_frames: int = MAX_VIDEO_FRAMES, max_video_pixels: int = MAX_VIDEO_PIXELS,
                video_timeout: float = VIDEO_TIMEOUT) -> FastAPI:
-    """The FastAPI app serving `embedder` and/or `reranker`; its BatchWorker starts and stops with the app's lifespan.
+    """The FastAPI app serving `embedder` and/or `reranker`; its BatchWorkers start and stop with the app's lifespan.
 
+    embedder: one model, or several by the name clients call them (models.py: the first is the default, each has
+    its own BatchWorker and a request's `model` field picks one).
     reranker: adds Cohere's /v1/rerank and /v2/rerank and TEI's /rerank (rerank.py); either model may be None.
     api_key: when set, every path but /health (and /metrics with public_metrics) needs
     `Authorization: Bearer <api_key>` (401 otherwise), and /health tells unauthenticated callers only its status.
@@ -59,8 +63,14 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
     """
     if embedder is None and reranker is None:
         raise ValueError("give an embedder, a reranker or both to serve")
+    if isinstance(embedder, Mapping):
+        if len(embedder) > 1 and served_model_name is not None:
+            raise ValueError("served_model_name names one model: give several models their names as the keys")
+        embedders = {served_model_name or name: model for name, model in embedder.items()}
+    else:
+        embedders = {} if embedder is None else {served_model_name or model_name(embedder.name): embedder}
     if max_request_bytes is None and isinstance(max_inputs, int):
-        longest = max(m.max_length for m in (embedder, reranker) if m is not None)
+        longest = max(m.max_length for m in (*embedders.values(), reranker) if m is not None)
         max_request_bytes = max_inputs * longest * BYTES_PER_TOKEN
     check_int("max_inputs", max_inputs)
     check_int("max_request_bytes", max_request_bytes)
@@ -71,20 +81,22 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
             raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
     video_limits = VideoLimits(max_video_frames, max_video_pixels, video_timeout)
     metrics = Metrics()
-    worker = BatchWorker(embedder, batch_tokens=batch_tokens, max_batch_requests=max_batch_requests,
-                         max_queue=max_queue, reranker=reranker, metrics=metrics)
-    model_id = served_model_name or model_name((embedder or reranker).name)
+    served = Served(embedders, reranker=reranker, metrics=metrics, batch_tokens=batch_tokens,
+                    max_batch_requests=max_batch_requests, max_queue=max_queue)
+    worker = served.worker  # the default model's, and the reranker's
+    embedder = next(iter(embedders.values()), None)  # the default
+    model_id = served.names[0] if embedders else served_model_name or model_name(reranker.name)
     started = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        worker.start()
+        served.start()
         yield
-        worker.stop()
+        served.stop()
 
     # redirect_slashes=False: RequestLimits serves /path/ as /path; a redirect would drop a POST's body
     app = FastAPI(title="mlx-embed", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
-    app.state.worker, app.state.metrics, app.state.embedder = worker, metrics, embedder
+    app.state.worker, app.state.metrics, app.state.embedder, app.state.served = worker, metrics, embedder, served
 
     @app.exception_handler(ApiError)
     async def client_error(request: Request, e: ApiError):
@@ -120,13 +132,13 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
         return error_response(request.url.path, 400, f"{param or 'body'}: {first['msg']}", param, code)
 
     if embedder is not None:
-        openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs,
-                          allow_remote_images=allow_remote_images, video_limits=video_limits)
-        ollama.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
-        tei.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs)
+        openai.add_routes(app, served, metrics, max_inputs=max_inputs, allow_remote_images=allow_remote_images,
+                          video_limits=video_limits)
+        ollama.add_routes(app, served, metrics, max_inputs=max_inputs, started=started)
+        tei.add_routes(app, served, metrics, max_inputs=max_inputs)
     # served_model_name names the embedder when both are served; the reranker keeps its own name then
     rerank_id = model_id if embedder is None or reranker is None else model_name(reranker.name)
-    listed = [] if embedder is None else [openai.model_entry(model_id, started, embedder.max_length, embedder.dim)]
+    listed = [openai.model_entry(name, started, model.max_length, model.dim) for name, model in embedders.items()]
     listed += [] if reranker is None else [openai.model_entry(rerank_id, started, reranker.max_length)]
     openai.add_models_route(app, listed)
     rerank.add_routes(app, reranker, worker, metrics, model_id=rerank_id, max_inputs=max_inputs,
@@ -134,11 +146,12 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
 
     @app.get("/health")
     async def health(request: Request):
-        alive = worker.alive
+        alive = served.alive
         body = {"status": "ok" if alive else "worker stopped"}
         if not api_key or _key_matches(request.headers.get("authorization", ""), api_key):
             # the model id may be a local path: only for callers holding the key
-            body |= {"model": model_id, "queue": worker.queue.qsize(), "max_queue": worker.queue.maxsize}
+            body |= {"model": model_id, "queue": served.queued, "max_queue": worker.queue.maxsize}
+            body |= {"models": served.names} if len(served.names) > 1 else {}
         return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/metrics")

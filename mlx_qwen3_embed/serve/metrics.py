@@ -31,6 +31,10 @@ class Metrics:
         self.dropped_inputs = Counter("mlx_embed_dropped_inputs", "Inputs of those requests that were never run.",
                                       registry=r)
         self.queue_depth = Gauge("mlx_embed_queue_depth", "Requests waiting for the worker.", registry=r)
+        self.model_queue_depth = Gauge("mlx_embed_model_queue_depth", "Requests waiting for one model's worker "
+                                       "(a server of several models).", ("model",), registry=r)
+        self._depths: list[Callable[[], int]] = []
+        self._caches = _CacheCollector()
         self.batch_requests = Histogram("mlx_embed_batch_requests", "Requests packed into one model call.",
                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.batch_inputs = Histogram("mlx_embed_batch_inputs", "Inputs packed into one model call.",
@@ -62,11 +66,20 @@ class Metrics:
         self.dropped_inputs.inc(inputs)
 
     def watch_queue(self, depth: Callable[[], int]):
-        self.queue_depth.set_function(depth)
+        """Export a worker's queue depth (several workers: the total)."""
+        self._depths.append(depth)
+        self.queue_depth.set_function(lambda: sum(d() for d in self._depths))
+
+    def watch_model_queue(self, model: str, depth: Callable[[], int]):
+        """Export the queue depth of the worker serving `model` (a server of several models), labelled with it."""
+        self.model_queue_depth.labels(model).set_function(depth)
 
     def watch_cache(self, cache):
-        """Export the hits and misses of an Embedder's vector cache (`load(..., cache_size=N)`), read at scrape time."""
-        self.registry.register(_CacheCollector(cache))
+        """Export the hits and misses of an Embedder's vector cache (`load(..., cache_size=N)`), read at scrape time
+        (several models' caches: their sums)."""
+        if not self._caches.caches:
+            self.registry.register(self._caches)
+        self._caches.caches.append(cache)
 
     def value(self, name: str, labels: Optional[dict] = None) -> float:
         """One sample's current value (0 when never set), e.g. value("mlx_embed_batch_requests_sum")."""
@@ -77,13 +90,13 @@ class Metrics:
 
 
 class _CacheCollector:
-    """The vector cache counts its own lookups; this reads them when /metrics is scraped."""
+    """The vector caches count their own lookups; this reads them when /metrics is scraped."""
 
-    def __init__(self, cache):
-        self.cache = cache
+    def __init__(self):
+        self.caches = []
 
     def collect(self):
         for kind, said in (("hits", "had"), ("misses", "lacked")):
             family = CounterMetricFamily(f"mlx_embed_cache_{kind}", f"Inputs whose vector the cache {said}.")
-            family.add_metric([], getattr(self.cache, kind))
+            family.add_metric([], sum(getattr(cache, kind) for cache in self.caches))
             yield family

@@ -14,6 +14,7 @@ from pydantic import BaseModel, StrictBool, StrictInt, StrictStr
 
 from ..contracts import EmbeddingModel
 from . import jobs
+from .models import Served
 from .worker import BatchWorker
 
 EMBED_PATHS = ("/api/embed", "/api/embeddings")
@@ -45,11 +46,11 @@ class ShowRequest(BaseModel):
     name: Optional[StrictStr] = None  # older clients send `name`
 
 
-def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metrics, *, model_id: str, max_inputs: int,
-               started: int):
-    """Register the Ollama routes on `app`."""
+def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, started: int):
+    """Register the Ollama routes on `app` for the `served` models."""
 
-    async def embed_texts(texts: list[str], truncate: bool, dim: int, normalize: bool):
+    async def embed_texts(embedder: EmbeddingModel, worker: BatchWorker, texts: list[str], truncate: bool, dim: int,
+                          normalize: bool):
         jobs.check_count(len(texts), max_inputs)
         sequences, cut = jobs.prepare(embedder, texts, truncate=truncate) if texts else ([], 0)
         vectors = await jobs.run(worker, sequences, dim, normalize) if sequences else []
@@ -60,25 +61,27 @@ def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metr
 
     @app.post("/api/embed")
     async def embed(body: EmbedRequest):
+        embedder, worker, model_id = served.pick(body.model)
         start = time.perf_counter_ns()
         dim = jobs.check_dimensions(body.dimensions, embedder.dim)
         # Ollama skips an empty string given alone (a request that only loads the model) and answers no vectors
         texts = body.input if isinstance(body.input, list) else [body.input] if body.input else []
-        vectors, tokens = await embed_texts(texts, body.truncate, dim, normalize=True)
+        vectors, tokens = await embed_texts(embedder, worker, texts, body.truncate, dim, normalize=True)
         return {"model": model_id, "embeddings": [v.tolist() for v in vectors],
                 "total_duration": time.perf_counter_ns() - start, "load_duration": 0, "prompt_eval_count": tokens}
 
     @app.post("/api/embeddings")
     async def embeddings(body: EmbeddingsRequest):
+        embedder, worker, _ = served.pick(body.model)
         if not body.prompt:
             return {"embedding": []}
         # the legacy route answers the raw pooled state, not a unit vector, as Ollama's does
-        vectors, _ = await embed_texts([body.prompt], True, embedder.dim, normalize=False)
+        vectors, _ = await embed_texts(embedder, worker, [body.prompt], True, embedder.dim, normalize=False)
         return {"embedding": vectors[0].tolist()}
 
     @app.get("/api/tags")
     async def tags():
-        return {"models": [_describe(embedder, model_id, started)]}
+        return {"models": [_describe(model, name, started) for name, model in served.embedders.items()]}
 
     @app.get("/api/version")
     async def version():
@@ -86,6 +89,7 @@ def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metr
 
     @app.post("/api/show")
     async def show(body: ShowRequest):
+        embedder, _, model_id = served.pick(body.model or body.name)
         model, summary = _describe(embedder, model_id, started), embedder.describe()
         family = summary["family"]
         return {"modified_at": model["modified_at"], "details": model["details"], "modelfile": "", "parameters": "",

@@ -1,7 +1,7 @@
 """The OpenAI dialect: `POST /v1/embeddings` (also `/embeddings`) and `GET /v1/models` (every model served).
 
 Handlers check and tokenize each request (so `usage.prompt_tokens` is real and over-long input is refused before it
-queues), then hand the ids to the one BatchWorker.
+queues), then hand the ids to the BatchWorker of the model the request names (models.py).
 """
 
 import base64
@@ -18,7 +18,7 @@ from ..contracts import EmbeddingModel
 from . import jobs, quantized
 from .errors import ApiError
 from .items import VideoLimits, read_media
-from .worker import BatchWorker
+from .models import Served
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 EMBEDDING_PATHS = ("/v1/embeddings", "/embeddings")
@@ -45,13 +45,14 @@ class EmbeddingRequest(BaseModel):
 
 
 
-def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metrics, *, model_id: str,
-               max_inputs: int, allow_remote_images: bool = False, video_limits: VideoLimits = VideoLimits()):
-    """Register the OpenAI routes on `app`; `metrics` counts inputs and tokens.
+def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, allow_remote_images: bool = False,
+               video_limits: VideoLimits = VideoLimits()):
+    """Register the OpenAI routes on `app` for the `served` models; `metrics` counts inputs and tokens.
     allow_remote_images: items may carry http(s) image URLs, downloaded by the server (serve/items.py).
     video_limits: what decoding one request's videos may cost (serve/items.py)."""
 
     async def embeddings(body: EmbeddingRequest):
+        embedder, worker, model_id = served.pick(body.model)
         dim = jobs.check_dimensions(body.dimensions, embedder.dim)
         # a few short texts prepare in microseconds; only a big request, or images and videos to decode (never on
         # the event loop), is worth a thread hop

@@ -2,7 +2,8 @@
 `InferenceClient(model=<url>).feature_extraction()` posts), `POST /tokenize` and `GET /info`.
 
 TEI's rules, kept: truncate defaults to false and an over-long input is a 413 Validation error; normalize defaults
-to true; errors are {"error", "error_type"} (serve/errors.py renders them).
+to true; errors are {"error", "error_type"} (serve/errors.py renders them). TEI serves one model; here an optional
+`model` field (this server's extension) picks one of several (models.py), and /info lists them all in `models`.
 """
 
 from typing import Literal, Optional, Union
@@ -11,10 +12,9 @@ from fastapi import FastAPI
 from pydantic import BaseModel, StrictBool, StrictInt, StrictStr
 
 from .. import __version__
-from ..contracts import EmbeddingModel
 from . import jobs, quantized
 from .errors import ApiError
-from .worker import BatchWorker
+from .models import Served
 
 EMBED_PATHS = ("/", "/embed")
 PATHS = EMBED_PATHS + ("/tokenize", "/info")
@@ -30,18 +30,21 @@ class EmbedRequest(BaseModel):
     dimensions: Optional[StrictInt] = None
     precision: Optional[StrictStr] = None  # this server's extension (serve/quantized.py), as on /v1/embeddings
     ranges: Optional[list[list[float]]] = None
+    model: Optional[StrictStr] = None  # this server's extension: one of several served models (models.py)
 
 
 class TokenizeRequest(BaseModel):
     inputs: Union[StrictStr, list[StrictStr]]
     add_special_tokens: StrictBool = True
     prompt_name: Optional[StrictStr] = None
+    model: Optional[StrictStr] = None
 
 
-def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metrics, *, model_id: str, max_inputs: int):
-    """Register the TEI routes on `app`."""
+def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int):
+    """Register the TEI routes on `app` for the `served` models."""
 
     async def embed(body: EmbedRequest) -> list[list[Union[float, int]]]:  # ints: compact precisions
+        embedder, worker, _ = served.pick(body.model)
         texts = _texts(body.inputs, max_inputs)
         dim = _dimensions(body.dimensions, embedder.dim)
         bounds = quantized.check(body.precision, body.ranges, dim, len(texts))
@@ -59,6 +62,7 @@ def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metr
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
+        embedder, _, _ = served.pick(body.model)
         texts = _texts(body.inputs, max_inputs)
         try:
             jobs.check_prompt(body.prompt_name, embedder)
@@ -69,12 +73,13 @@ def add_routes(app: FastAPI, embedder: EmbeddingModel, worker: BatchWorker, metr
 
     @app.get("/info")
     async def info():
+        embedder, worker, model_id = served.pick(None)  # TEI's fields describe the default model
         return {"model_id": model_id, "model_sha": None, "model_dtype": str(embedder.device.dtype).split(".")[-1],
                 "model_type": {"embedding": {"pooling": embedder.pooling}},
                 "max_concurrent_requests": worker.queue.maxsize, "max_input_length": embedder.max_length,
                 "max_batch_tokens": worker.batch_tokens, "max_batch_requests": worker.max_batch_requests,
                 "max_client_batch_size": max_inputs, "auto_truncate": False, "tokenization_workers": 1,
-                "version": __version__}
+                "version": __version__, "models": served.names}
 
 
 def _texts(inputs: Union[str, list[str]], max_inputs: int) -> list[str]:

@@ -10,6 +10,7 @@ starved by a stream of others. A request whose client hung up (its future cancel
 right-pads, so a text's vector does not depend on its neighbours or on how its request was cut.
 """
 
+import collections
 import itertools
 import queue
 import threading
@@ -34,6 +35,34 @@ _arrivals = itertools.count()
 
 class QueueFull(Exception):
     """The worker's queue holds `max_queue` requests already: the server answers 429."""
+
+
+class Turns:
+    """The device, taken in turns by the workers of a server that serves several models: one model call at a
+    time (their memory was planned so: checkpoint/together.py), handed over first come, first served, so a
+    worker with a stream of calls cannot starve another (threading.Lock promises no order)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[threading.Event] = collections.deque()
+        self._held = False
+
+    def __enter__(self):
+        with self._lock:
+            if not self._held:
+                self._held = True
+                return self
+            turn = threading.Event()
+            self._waiting.append(turn)
+        turn.wait()  # the holder hands the turn over: _held stays True
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()
+            else:
+                self._held = False
 
 
 @dataclass(eq=False)  # identity: a job is one request, whatever it holds
@@ -84,11 +113,13 @@ class BatchWorker:
     cache_keep: bytes of freed buffers MLX may keep for the next call; past that its cache is released, so memory
     stays flat (releasing it after every call costs ~10% of a small batch on CPU: fresh buffers fault their pages).
     metrics: where packed calls are counted (the app's; a private one by default).
+    turns: shared with the other models' workers, so model calls never overlap (a private one by default).
     """
 
     def __init__(self, embedder: Optional[EmbeddingModel], *, batch_tokens: Optional[int] = None,
                  max_batch_requests: int = 256, max_queue: int = 1024, cache_keep: int = CACHE_KEEP,
-                 reranker: Optional[RerankModel] = None, metrics: Optional[Metrics] = None):
+                 reranker: Optional[RerankModel] = None, metrics: Optional[Metrics] = None,
+                 turns: Optional[Turns] = None):
         check_int("max_batch_requests", max_batch_requests)
         check_int("max_queue", max_queue)
         self.cache_keep = check_int("cache_keep", cache_keep, 0)
@@ -105,6 +136,7 @@ class BatchWorker:
         self.batches = 0
         self.cancelled = 0         # requests dropped because their client hung up
         self.dropped_inputs = 0    # their inputs that were never run
+        self.turns = turns or Turns()
         self.metrics = metrics or Metrics()
         self.metrics.watch_queue(self.queue.qsize)
         if embedder is not None and embedder.cache is not None:
@@ -143,7 +175,8 @@ class BatchWorker:
         while not self._stop.is_set():
             chunks = self._take()
             if chunks:
-                self._run(chunks)
+                with self.turns:
+                    self._run(chunks)
 
     def _admit(self):
         """Move queued jobs into service (up to max_batch_requests), waiting briefly when there is nothing to do."""
