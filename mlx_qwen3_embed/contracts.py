@@ -54,10 +54,11 @@ class EmbeddingModel(Protocol):
         does not read bare token ids (Qwen3-VL: its ids carry pixels). own: refuse (ValueError) ids that are not
         this tokenizer's tokenization of any text (another tokenizer's ids)."""
 
-    def tokens(self, text: str, *, prompt_name: Optional[str] = None,
-               add_special_tokens: bool = True) -> list[dict]:
+    def tokens(self, text: str, *, prompt_name: Optional[str] = None, add_special_tokens: bool = True,
+               max_length: Optional[int] = None) -> list[dict]:
         """What the model reads for one text: [{"id", "text", "special", "start", "stop"}] (TEI's /tokenize);
-        start/stop are character offsets into the text, None for the tokens the model adds around it."""
+        start/stop are character offsets into the text, None for the tokens the model adds around it. More than
+        max_length tokens (default: the model's) is a ValueError, refused by the characters when surely so."""
 
     def embed_prepared(self, prepared: list, *, dim: Optional[int] = None, normalize: bool = True,
                        precision: str = "float32", ranges: Optional[np.ndarray] = None,

@@ -90,12 +90,20 @@ class Embedder:
         again = self.tokenizer.encode([self.tokenizer.decode(ids) for ids in sequences], 2**62)
         return next((i for i, (ids, back) in enumerate(zip(sequences, again)) if back[:-1] != ids), None)
 
-    def tokens(self, text: str, *, prompt_name: Optional[str] = None, add_special_tokens: bool = True) -> list[dict]:
+    def tokens(self, text: str, *, prompt_name: Optional[str] = None, add_special_tokens: bool = True,
+               max_length: Optional[int] = None) -> list[dict]:
         """What the model reads for `text` (TEI's /tokenize): the prompt's and the text's tokens, then, with
-        add_special_tokens, the <|endoftext|> it pools; start/stop index the prompted text."""
+        add_special_tokens, the <|endoftext|> it pools; start/stop index the prompted text. A text over max_length
+        (default: the model's) is a ValueError, refused by its characters before tokenizing when it surely is."""
         text = (check_prompt_name(prompt_name, self.prompts) if prompt_name is not None else "") + text
+        limit = self._max_length(max_length)
+        if len(text) > limit * self.tokenizer.chars_per_token:
+            raise ValueError(f"the text has {len(text)} characters: surely more than max_length {limit} tokens")
+        pieces = self.tokenizer.pieces(text)
+        if len(pieces) + add_special_tokens > limit:
+            raise ValueError(f"the text has {len(pieces) + add_special_tokens} tokens, more than max_length {limit}")
         tokens = [{"id": i, "text": text[start:stop], "special": False, "start": start, "stop": stop}
-                  for i, start, stop in self.tokenizer.pieces(text)]
+                  for i, start, stop in pieces]
         if add_special_tokens:
             eos = self.tokenizer.eos_id
             tokens.append({"id": eos, "text": self.tokenizer.decode([eos]), "special": True, "start": None,

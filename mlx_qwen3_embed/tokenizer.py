@@ -11,6 +11,7 @@ EOS = "<|endoftext|>"
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 SURROGATE = re.compile("[\ud800-\udfff]")  # lone UTF-16 halves: JSON can carry them, UTF-8 cannot
 NFC_COMPOSE = 4  # NFC joins at most 4 code points into one (Greek: alpha + 2 breathings/accents + iota)
+ENCODE_BATCH = 256  # texts encoded at a time: the tokenizer's per-token objects of a big request never pile up
 
 
 def query_prompt(instruction: str) -> str:
@@ -53,6 +54,23 @@ def read_tokenizer(folder: Path) -> _HFTokenizer:
     return tokenizer
 
 
+def chars_per_token(tokenizer: _HFTokenizer) -> int:
+    """No token covers more characters of the input than this (byte-level tokens: one char per byte), so a text of
+    more than max_length * chars_per_token characters surely has more than max_length tokens."""
+    longest = max(len(token) for token in tokenizer.get_vocab(with_added_tokens=True))
+    return longest * (NFC_COMPOSE if tokenizer.normalizer is not None else 1)
+
+
+def encode_ids(tokenizer: _HFTokenizer, texts: list[str]) -> list[list[int]]:
+    """Texts -> their ids (no special tokens added), ENCODE_BATCH texts at a time and without offsets: the
+    tokenizer's Encoding objects cost far more memory than the ids, and malloc keeps what a peak took."""
+    ids = []
+    for start in range(0, len(texts), ENCODE_BATCH):
+        ids += [e.ids for e in tokenizer.encode_batch_fast(texts[start: start + ENCODE_BATCH],
+                                                           add_special_tokens=False)]
+    return ids
+
+
 class Tokenizer:
     """tokenizer.json through HF `tokenizers`; every sequence ends in exactly one <|endoftext|>.
 
@@ -65,10 +83,7 @@ class Tokenizer:
         self.eos_id = self._tokenizer.token_to_id(EOS)
         if self.eos_id is None:
             raise ValueError(f"{folder / 'tokenizer.json'} has no {EOS} token: not a Qwen3 tokenizer")
-        # no token covers more characters of the input than this (byte-level tokens: one char per byte), so a
-        # text of more than max_length * chars_per_token characters has more than max_length tokens
-        longest = max(len(token) for token in self._tokenizer.get_vocab(with_added_tokens=True))
-        self.chars_per_token = longest * (NFC_COMPOSE if self._tokenizer.normalizer is not None else 1)
+        self.chars_per_token = chars_per_token(self._tokenizer)
 
     def encode(self, texts: list[str], max_length: int, truncate: bool = True,
                direction: str = "right") -> list[list[int]]:
@@ -92,8 +107,8 @@ class Tokenizer:
         if direction not in ("right", "left"):
             raise ValueError(f"truncation direction must be right or left, got {direction!r}")
         texts = [t[: 2 * bound] if direction == "right" else t[-2 * bound:] for t in texts]
-        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
-        return [self.finish(e.ids, max_length, truncate, i, direction) for i, e in enumerate(encodings)]
+        return [self.finish(ids, max_length, truncate, i, direction)
+                for i, ids in enumerate(encode_ids(self._tokenizer, texts))]
 
     def finish(self, ids: list[int], max_length: int, truncate: bool = True, index: int = 0,
                direction: str = "right") -> list[int]:
@@ -114,11 +129,7 @@ class Tokenizer:
         return [(i, start, stop) for i, (start, stop) in zip(encoding.ids, encoding.offsets)]
     def ids(self, texts: list[str]) -> list[list[int]]:
         """Each text -> its ids as they are: no special tokens added, no truncation (the reranker's parts)."""
-        return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
-
-    def offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-        """Each text -> (ids, character span of each id), no special tokens added, no truncation."""
-        return [(e.ids, e.offsets) for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+        return encode_ids(self._tokenizer, texts)
 
     def token_id(self, token: str) -> Optional[int]:
         """The id of a token of the vocabulary (e.g. "yes"), or None if it is not one."""

@@ -23,7 +23,7 @@ from . import video as _video
 from ..batching import run_batches
 from ..device import DevicePlan, check_batch_tokens, plan
 from ..models.qwen3_vl import MRows, Qwen3VL, VLArgs
-from ..tokenizer import read_tokenizer
+from ..tokenizer import chars_per_token, read_tokenizer
 from ..checkpoint import Checkpoint
 from ..checkpoint.vl_weights import load_vl_model, plan_vl_memory, read_vl_config
 
@@ -71,6 +71,7 @@ class VLEmbedder:
                  min_pixels: int = _images.MIN_PIXELS, max_pixels: int = _images.MAX_PIXELS,
                  max_image_pixels: int = _images.MAX_IMAGE_PIXELS):
         self._tokenizer = read_tokenizer(folder)
+        self.chars_per_token = chars_per_token(self._tokenizer)
         self.model, self.folder, self.args, self.device, self.name = model, folder, args, device, name
         self.max_length, self.pooling = max_length, _pooling.check(pooling)
         self.layer = self._check_layer(layer)
@@ -137,12 +138,18 @@ class VLEmbedder:
         raise TypeError("a Qwen3-VL model does not read bare token ids (its prompt is a chat template around the "
                         "item, with pixels for image tokens): send text or items")
 
-    def tokens(self, text: str, *, prompt_name: Optional[str] = None, add_special_tokens: bool = True) -> list[dict]:
+    def tokens(self, text: str, *, prompt_name: Optional[str] = None, add_special_tokens: bool = True,
+               max_length: Optional[int] = None) -> list[dict]:
         """What the model reads for a text item (TEI's /tokenize): the text's tokens, and with add_special_tokens
-        the recipe's template around them (special, no offsets)."""
+        the recipe's template around them (special, no offsets). A text over max_length (default: the model's) is
+        a ValueError, refused by its characters before tokenizing when it surely is."""
         if prompt_name is not None:
             check_prompt_name(prompt_name, self.prompts)
+        limit = self.max_length if max_length is None else max_length
+        self.check_size(text, "", limit, "the text")
         encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        if len(encoding.ids) > limit:
+            raise ValueError(f"the text has {len(encoding.ids)} tokens, more than max_length {limit}")
         body = [{"id": i, "text": text[start:stop], "special": False, "start": start, "stop": stop}
                 for i, (start, stop) in zip(encoding.ids, encoding.offsets)]
         if not add_special_tokens:
@@ -176,17 +183,26 @@ class VLEmbedder:
         """One item -> its token ids, rotary positions and pixels (the recipe's prompt). Errors name `index`."""
         where = f"item {index}"
         own = item.get("instruction", instruction) if isinstance(item, dict) else instruction
-        part = self.read_part(item, where, ITEM_KEYS)
         if own is not None and not isinstance(own, str):
             raise TypeError(f"{where}'s instruction must be a str, got {type(own).__name__}")
+        limit = self.max_length if max_length is None else max_length
+        self.check_size(item.get("text") if isinstance(item, dict) else item, own or "", limit, where)
+        part = self.read_part(item, where, ITEM_KEYS)
         head, tail = self._template(format_instruction(own), part.vision)
         ids = self._encode(head) + self._encode(part.text) + self._encode(tail)
         ids, positions = self._expand(ids, part.visuals, index)
-        limit = self.max_length if max_length is None else max_length
         if len(ids) > limit:
             raise ValueError(f"{where} has {len(ids)} tokens, more than max_length {limit}: "
                              "shorten its text or use smaller images")
         return Prepared(ids, positions, part.visuals)
+
+    def check_size(self, text: Any, extra: str, limit: int, where: str) -> None:
+        """Refuse (ValueError naming `where`) a text that, with `extra` (an instruction, a query), has surely more
+        than `limit` tokens by its characters: before any image is decoded or any text tokenized."""
+        if isinstance(text, str) and len(text) + len(extra) > limit * self.chars_per_token:
+            least = -(-(len(text) + len(extra)) // self.chars_per_token)
+            raise ValueError(f"{where} has {len(text) + len(extra)} characters: at least {least} tokens, more than "
+                             f"max_length {limit}: shorten its text")
 
     def read_part(self, item: Any, where: str, keys: tuple[str, ...] = MEDIA_KEYS) -> "Part":
         """An item (a str, or a dict of `keys`) -> its Part: videos and images read and preprocessed (this model's

@@ -58,6 +58,7 @@ class VLReranker:
               batch_tokens: Optional[int] = None) -> np.ndarray:
         """How well each document answers `query`: P("yes"), float32 (N,), in the documents' order."""
         documents = _check_documents(documents)
+        self.embedder.check_size(_text(query), "", self.max_length, "query")
         parsed = self._part(query, "query")  # read once, whatever the number of documents
         pairs = [(parsed, d) for d in documents]
         names = lambda i: ("query", f"documents[{i}]")
@@ -106,8 +107,11 @@ class VLReranker:
             query_name, document_name = names(i)
             if not isinstance(query, Part):
                 if id(query) not in parsed:
+                    self.embedder.check_size(_text(query), instruction, limit, query_name)
                     parsed[id(query)] = self._part(query, query_name)
                 query = parsed[id(query)]
+            if not truncate:  # refused by its characters before its images are read
+                self.embedder.check_size(_text(document), query.text, limit, document_name)
             prepared.append(self._pair(query, self._part(document, document_name), instruction, limit, truncate,
                                        document_name.removesuffix(": the document")))
         return prepared
@@ -115,8 +119,10 @@ class VLReranker:
     def _pair(self, query: Part, document: Part, instruction: str, limit: int, truncate: bool,
               where: str) -> Prepared:
         """The recipe's conversation for one pair -> Prepared, cut to `limit` tokens as the recipe cuts."""
+        # a document is read only as far as the limit needs (the same tokens unless one word runs past the cut)
+        kept = document.text[: 2 * limit * self.embedder.chars_per_token]
         text = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<Instruct>: {instruction}"
-                f"<Query>:{query.vision}{query.text}\n<Document>:{document.vision}{document.text}"
+                f"<Query>:{query.vision}{query.text}\n<Document>:{document.vision}{kept}"
                 "<|im_end|>\n<|im_start|>assistant\n")
         ids = self.embedder._encode(text)  # at once, as the processor does: the parts' boundaries merge as there
         visuals = query.visuals + document.visuals
@@ -157,6 +163,11 @@ class VLReranker:
         if max_length is None:
             return self.max_length
         return check_int("max_length", max_length, 64, note=" (the template's tokens and some more)")
+
+
+def _text(item: Any) -> Any:
+    """An item's text (a str item is its text), to be measured before the item is read."""
+    return item.get("text") if isinstance(item, dict) else item
 
 
 def _check_documents(documents) -> list:
