@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..checks import check_int
 from ..contracts import EmbeddingModel, RerankModel
+from ..vision import remote
 from . import ollama, openai, rerank, tei
 from .errors import ApiError, error_response
 from .items import MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS, VIDEO_TIMEOUT, VideoLimits
@@ -43,7 +44,7 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
                body_timeout: float = BODY_TIMEOUT, cors_origins: tuple[str, ...] = (),
                public_metrics: bool = False, allow_remote_images: bool = False,
                max_video_frames: int = MAX_VIDEO_FRAMES, max_video_pixels: int = MAX_VIDEO_PIXELS,
-               video_timeout: float = VIDEO_TIMEOUT) -> FastAPI:
+               video_timeout: float = VIDEO_TIMEOUT, image_cache_bytes: int = remote.CACHE_BYTES) -> FastAPI:
     """The FastAPI app serving `embedder` and/or `reranker`; its BatchWorker starts and stops with the app's lifespan.
 
     reranker: adds Cohere's /v1/rerank and /v2/rerank and TEI's /rerank (rerank.py); either model may be None.
@@ -54,6 +55,7 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
     body_timeout: seconds for the whole body to arrive, 408 after. cors_origins: origins browsers may call from.
     allow_remote_images: a Qwen3-VL model's /v1/embeddings items may give http(s) image URLs, which the server
     downloads (remote.py's time, byte and redirect limits) into the image cache; off, they are a 400.
+    image_cache_bytes: what that cache may hold, least recently used images evicted past it (0: keep none).
     max_video_frames, max_video_pixels, video_timeout: what decoding a request's videos may cost (items.py):
     frames a video, decoded RGB pixels and seconds for all of them; past any, a 400 naming the video.
     """
@@ -66,6 +68,9 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
     check_int("max_request_bytes", max_request_bytes)
     check_int("max_video_frames", max_video_frames)
     check_int("max_video_pixels", max_video_pixels)
+    check_int("image_cache_bytes", image_cache_bytes, 0)
+    # stands where True would: it allows URLs and carries the cache's cap down to items.py
+    remote_images = remote.RemoteImages(image_cache_bytes) if allow_remote_images else False
     for name, seconds in (("body_timeout", body_timeout), ("video_timeout", video_timeout)):
         if not seconds > 0:
             raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
@@ -121,7 +126,7 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
 
     if embedder is not None:
         openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs,
-                          allow_remote_images=allow_remote_images, video_limits=video_limits)
+                          allow_remote_images=remote_images, video_limits=video_limits)
         ollama.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs, started=started)
         tei.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs)
     # served_model_name names the embedder when both are served; the reranker keeps its own name then
@@ -130,7 +135,7 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
     listed += [] if reranker is None else [openai.model_entry(rerank_id, started, reranker.max_length)]
     openai.add_models_route(app, listed)
     rerank.add_routes(app, reranker, worker, metrics, model_id=rerank_id, max_inputs=max_inputs,
-                      allow_remote_images=allow_remote_images, video_limits=video_limits)
+                      allow_remote_images=remote_images, video_limits=video_limits)
 
     @app.get("/health")
     async def health(request: Request):
