@@ -22,9 +22,9 @@ from ..checks import check_int
 from ..contracts import EmbeddingModel, RerankModel
 from ..vision import remote
 from . import ollama, openai, rerank, tei
-from .errors import ApiError, error_response
+from .errors import ApiError, error_response, internal_error
 from .items import MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS, VIDEO_TIMEOUT, VideoLimits
-from .limits import RequestLimits
+from .limits import RequestLimits, Utf8JsonRoute
 from .metrics import CONTENT_TYPE, Metrics
 from .openai import EMBEDDING_PATHS, MAX_INPUTS
 from .rerank import RERANK_PATHS
@@ -89,17 +89,19 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
 
     # redirect_slashes=False: RequestLimits serves /path/ as /path; a redirect would drop a POST's body
     app = FastAPI(title="mlx-embed", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
+    app.router.route_class = Utf8JsonRoute  # before any route: every JSON body is read as UTF-8 only
     app.state.worker, app.state.metrics, app.state.embedder = worker, metrics, embedder
 
     @app.exception_handler(ApiError)
     async def client_error(request: Request, e: ApiError):
+        if e.status == 500:  # a model failure (jobs.run): its text stays in the log
+            return internal_error(request.url.path, request.method, e.__cause__ or e)
         headers = {"Retry-After": "1"} if e.status == 429 else None
         return error_response(request.url.path, e.status, e.message, e.param, e.code, e.kind, headers)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception):
-        return error_response(request.url.path, 500, f"internal error: {type(e).__name__}: {e}", code="internal_error",
-                              kind="server_error")
+        return internal_error(request.url.path, request.method, e)
 
     @app.exception_handler(UnicodeError)
     async def unencodable_text(request: Request, e: UnicodeError):
@@ -120,9 +122,11 @@ def create_app(embedder: Optional[EmbeddingModel], *, reranker: Optional[RerankM
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
         code = {"json_invalid": "invalid_json", "missing": "missing_field"}.get(first.get("type"), "invalid_value")
-        if code == "invalid_json":  # its loc is a character offset, not a field
+        message = first["msg"]
+        if code == "invalid_json":  # its loc is a character offset, not a field; ctx says what is wrong
             param = None
-        return error_response(request.url.path, 400, f"{param or 'body'}: {first['msg']}", param, code)
+            message += f": {first['ctx']['error']}" if first.get("ctx", {}).get("error") else ""
+        return error_response(request.url.path, 400, f"{param or 'body'}: {message}", param, code)
 
     if embedder is not None:
         openai.add_routes(app, embedder, worker, metrics, model_id=model_id, max_inputs=max_inputs,
