@@ -173,6 +173,16 @@ def test_an_image_larger_than_the_cap_is_returned_not_stored(site, image_cache):
     assert remote.read_cached(url) is None
 
 
+def test_the_cli_refuses_a_run_whose_remote_images_pass_the_cap(site, monkeypatch):
+    """The CLI fetches first and embeds from the cache after: past the cap, its first images would be gone."""
+    from mlx_qwen3_embed.cli.items import fetch_remote_images
+
+    monkeypatch.setattr(remote, "CACHE_BYTES", int(1.5 * len(bmp(0))))
+    fetch_remote_images([{"image": f"{site}/pic/0.bmp"}, "a text"], True)  # one fits
+    with pytest.raises(ValueError, match="over the image cache's cap of 1,233 bytes together"):
+        fetch_remote_images([{"image": [f"{site}/pic/0.bmp", f"{site}/pic/1.bmp"]}], True)
+
+
 def entry(url: str) -> bytes:
     return (url.encode() * 100)[:1000]
 
