@@ -12,7 +12,7 @@ import pytest
 from mlx_qwen3_embed.serve import create_app
 from mlx_qwen3_embed.serve.errors import error_response
 from mlx_qwen3_embed.vision import images
-from test_server_limits import closed_by_server, connect, raw_post, read_response, serving
+from test_server_limits import closed_by_server, connect, read_response, serving
 
 # a path of each dialect, a body it takes, and where its error message is
 DIALECTS = {"openai": ("/v1/embeddings", {"input": "hello"}, lambda body: body["error"]["message"]),
