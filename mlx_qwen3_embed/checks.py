@@ -1,6 +1,8 @@
 """The rules every edge applies the same way, written once: an int parameter, a named prompt, top_n and the order
-of scores, the sigmoid of a rerank logit. (The guard against non-finite results is batching.check_finite.)"""
+of scores, the sigmoid of a rerank logit, messages without heap addresses. (The guard against non-finite results
+is batching.check_finite.)"""
 
+import re
 from typing import Mapping, Optional
 
 import numpy as np
@@ -46,3 +48,8 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     """P("yes") from the logit yes - no: the softmax over (no, yes) is the sigmoid of their difference."""
     return (1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
 
+
+def without_addresses(message: str) -> str:
+    """`message` without the object reprs libraries put in their messages ("<_io.BytesIO object at 0x7f...>"):
+    a heap address tells a reader nothing, and tells an attacker where the heap is."""
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", message).strip()

@@ -300,7 +300,7 @@ def test_library_refuses_a_url_not_in_the_cache(site, embedder):
     ("/big.png", "over the cap of 1,000 bytes"),
     ("/stream.png", "over the cap of 1,000 bytes"),
     ("/loop", "redirects more than 3 times"),
-    ("/ftp", "not http(s)"),
+    ("/ftp", "redirects to a non-http(s) URL"),
     ("/slow", "timed out"),
 ])
 def test_fetch_refuses_and_caches_nothing(site, image_cache, monkeypatch, path, words):

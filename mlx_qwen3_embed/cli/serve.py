@@ -47,6 +47,9 @@ def serve(
     allow_remote_images: bool = typer.Option(
         False, "--allow-remote-images", help="Qwen3-VL: let /v1/embeddings items give http(s) image URLs, which "
                                              "the server downloads into the image cache (10 s, 20 MB caps)."),
+    image_cache_bytes: int | None = typer.Option(
+        None, help="With --allow-remote-images: bytes the image cache may hold; the least recently used images "
+                   "are evicted past it (0: keep none) [1 GiB: 1,073,741,824]."),
     max_video_frames: int | None = typer.Option(
         None, help="Qwen3-VL: frames a request's video may have (a frame list's, a file's sample) [64]."),
     max_video_pixels: int | None = typer.Option(
@@ -68,7 +71,8 @@ def serve(
                 max_inputs=max_inputs, max_length=max_length, max_request_bytes=max_request_bytes,
                 max_connections=max_connections, cache_size=cache_size, header_timeout=header_timeout,
                 body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout, shutdown_timeout=shutdown_timeout,
-                max_video_frames=max_video_frames, max_video_pixels=max_video_pixels, video_timeout=video_timeout)
+                max_video_frames=max_video_frames, max_video_pixels=max_video_pixels, video_timeout=video_timeout,
+                image_cache_bytes=image_cache_bytes)
     specs = model_specs(model, models) or ([] if reranker else [(None, default_model())])
     named = [name for name, _ in specs if name is not None]
     if served_model_name is not None and (len(specs) > 1 or named):
@@ -98,7 +102,8 @@ def serve(
                                  cors_origins=tuple(cors_origin), public_metrics=public_metrics,
                                  allow_remote_images=allow_remote_images,
                                  **_given(body_timeout=body_timeout, max_video_frames=max_video_frames,
-                                          max_video_pixels=max_video_pixels, video_timeout=video_timeout))
+                                          max_video_pixels=max_video_pixels, video_timeout=video_timeout,
+                                          image_cache_bytes=image_cache_bytes))
         if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
             typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
         address = f"[{host}]" if ":" in host else host
@@ -131,12 +136,14 @@ def model_specs(flags: list[str], file: Path | None) -> list[tuple[str | None, s
     return specs
 
 
-def check_flags(*, port, cache_size, **flags) -> None:
+def check_flags(*, port, cache_size, image_cache_bytes=None, **flags) -> None:
     """Every numeric flag of `serve`, its error naming the flag (`--max-inputs`), not the library's parameter."""
     from ..checks import check_int
 
     check_int("--port", port, 0, 65535)
     check_int("--cache-size", cache_size, 0)
+    if image_cache_bytes is not None:
+        check_int("--image-cache-bytes", image_cache_bytes, 0)
     for key, value in flags.items():
         flag = "--" + key.replace("_", "-")
         if value is None:

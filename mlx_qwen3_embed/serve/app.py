@@ -21,10 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..checks import check_int
 from ..contracts import EmbeddingModel, RerankModel
+from ..vision import remote
 from . import ollama, openai, rerank, tei
-from .errors import ApiError, error_response
+from .errors import ApiError, error_response, internal_error
 from .items import MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS, VIDEO_TIMEOUT, VideoLimits
-from .limits import RequestLimits
+from .limits import RequestLimits, Utf8JsonRoute
 from .metrics import CONTENT_TYPE, Metrics
 from .models import Served
 from .openai import EMBEDDING_PATHS, MAX_INPUTS
@@ -45,7 +46,7 @@ def create_app(embedder: Union[EmbeddingModel, Mapping[str, EmbeddingModel], Non
                body_timeout: float = BODY_TIMEOUT, cors_origins: tuple[str, ...] = (),
                public_metrics: bool = False, allow_remote_images: bool = False,
                max_video_frames: int = MAX_VIDEO_FRAMES, max_video_pixels: int = MAX_VIDEO_PIXELS,
-               video_timeout: float = VIDEO_TIMEOUT) -> FastAPI:
+               video_timeout: float = VIDEO_TIMEOUT, image_cache_bytes: int = remote.CACHE_BYTES) -> FastAPI:
     """The FastAPI app serving `embedder` and/or `reranker`; its BatchWorkers start and stop with the app's lifespan.
 
     embedder: one model, or several by the name clients call them (models.py: the first is the default, each has
@@ -58,6 +59,7 @@ def create_app(embedder: Union[EmbeddingModel, Mapping[str, EmbeddingModel], Non
     body_timeout: seconds for the whole body to arrive, 408 after. cors_origins: origins browsers may call from.
     allow_remote_images: a Qwen3-VL model's /v1/embeddings items may give http(s) image URLs, which the server
     downloads (remote.py's time, byte and redirect limits) into the image cache; off, they are a 400.
+    image_cache_bytes: what that cache may hold, least recently used images evicted past it (0: keep none).
     max_video_frames, max_video_pixels, video_timeout: what decoding a request's videos may cost (items.py):
     frames a video, decoded RGB pixels and seconds for all of them; past any, a 400 naming the video.
     """
@@ -76,6 +78,9 @@ def create_app(embedder: Union[EmbeddingModel, Mapping[str, EmbeddingModel], Non
     check_int("max_request_bytes", max_request_bytes)
     check_int("max_video_frames", max_video_frames)
     check_int("max_video_pixels", max_video_pixels)
+    check_int("image_cache_bytes", image_cache_bytes, 0)
+    # stands where True would: it allows URLs and carries the cache's cap down to items.py
+    remote_images = remote.RemoteImages(image_cache_bytes) if allow_remote_images else False
     for name, seconds in (("body_timeout", body_timeout), ("video_timeout", video_timeout)):
         if not seconds > 0:
             raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
@@ -96,17 +101,19 @@ def create_app(embedder: Union[EmbeddingModel, Mapping[str, EmbeddingModel], Non
 
     # redirect_slashes=False: RequestLimits serves /path/ as /path; a redirect would drop a POST's body
     app = FastAPI(title="mlx-embed", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
+    app.router.route_class = Utf8JsonRoute  # before any route: every JSON body is read as UTF-8 only
     app.state.worker, app.state.metrics, app.state.embedder, app.state.served = worker, metrics, embedder, served
 
     @app.exception_handler(ApiError)
     async def client_error(request: Request, e: ApiError):
+        if e.status == 500:  # a model failure (jobs.run): its text stays in the log
+            return internal_error(request.url.path, request.method, e.__cause__ or e)
         headers = {"Retry-After": "1"} if e.status == 429 else None
         return error_response(request.url.path, e.status, e.message, e.param, e.code, e.kind, headers)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception):
-        return error_response(request.url.path, 500, f"internal error: {type(e).__name__}: {e}", code="internal_error",
-                              kind="server_error")
+        return internal_error(request.url.path, request.method, e)
 
     @app.exception_handler(UnicodeError)
     async def unencodable_text(request: Request, e: UnicodeError):
@@ -127,12 +134,14 @@ def create_app(embedder: Union[EmbeddingModel, Mapping[str, EmbeddingModel], Non
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
         code = {"json_invalid": "invalid_json", "missing": "missing_field"}.get(first.get("type"), "invalid_value")
-        if code == "invalid_json":  # its loc is a character offset, not a field
+        message = first["msg"]
+        if code == "invalid_json":  # its loc is a character offset, not a field; ctx says what is wrong
             param = None
-        return error_response(request.url.path, 400, f"{param or 'body'}: {first['msg']}", param, code)
+            message += f": {first['ctx']['error']}" if first.get("ctx", {}).get("error") else ""
+        return error_response(request.url.path, 400, f"{param or 'body'}: {message}", param, code)
 
     if embedder is not None:
-        openai.add_routes(app, served, metrics, max_inputs=max_inputs, allow_remote_images=allow_remote_images,
+        openai.add_routes(app, served, metrics, max_inputs=max_inputs, allow_remote_images=remote_images,
                           video_limits=video_limits)
         ollama.add_routes(app, served, metrics, max_inputs=max_inputs, started=started)
         tei.add_routes(app, served, metrics, max_inputs=max_inputs)
@@ -142,7 +151,7 @@ def create_app(embedder: Union[EmbeddingModel, Mapping[str, EmbeddingModel], Non
     listed += [] if reranker is None else [openai.model_entry(rerank_id, started, reranker.max_length)]
     openai.add_models_route(app, listed)
     rerank.add_routes(app, reranker, worker, metrics, model_id=rerank_id, max_inputs=max_inputs,
-                      allow_remote_images=allow_remote_images, video_limits=video_limits)
+                      allow_remote_images=remote_images, video_limits=video_limits)
 
     @app.get("/health")
     async def health(request: Request):

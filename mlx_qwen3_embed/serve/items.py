@@ -4,7 +4,7 @@ URL | base64>}`, with or without "text" -> items whose images are bytes and whos
 
 The server never reads its own files for a client: an image is the request's bytes (a data URL or plain base64),
 or, only when started with --allow-remote-images, an http(s) URL it downloads into the image cache (remote.py:
-a time limit, a byte cap, redirects bounded); a decoded image over the pixel cap is a 400. Videos are never
+a wall-clock deadline, a byte cap, redirects bounded, the cache's own cap); a decoded image over the pixel cap is a 400. Videos are never
 downloaded; decoding them (call read_media off the event loop) is bounded per request by VideoLimits: frames a
 video, RGB pixels for all its videos (checked from the headers before anything is decoded), and a deadline.
 """
@@ -13,7 +13,7 @@ import base64
 import binascii
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ..vision import images, remote, video
 from .errors import ApiError
@@ -39,9 +39,10 @@ class VideoLimits:
         return video.Budget(self.frames, self.pixels, time.monotonic() + self.seconds)
 
 
-def read_media(item: dict, index: Optional[int], allow_remote: bool = False, param: str = "input",
-               budget: Optional[video.Budget] = None) -> dict:
-    """An input item with its "image" (data URL, base64, or with allow_remote an http(s) URL) read into bytes and
+def read_media(item: dict, index: Optional[int], allow_remote: Union[bool, remote.RemoteImages] = False,
+               param: str = "input", budget: Optional[video.Budget] = None) -> dict:
+    """An input item with its "image" (data URL, base64, or with allow_remote an http(s) URL, fetched within a
+    RemoteImages' cache cap, or remote.CACHE_BYTES for True) read into bytes and
     its "video" decoded within `budget` (one per request, shared by its items; default VideoLimits()'s), as the
     model's prepare_inputs takes them; anything else about the item is the model's to check.
     Errors name `param[index]` (a rerank request's "documents[3]"), or `param` alone for index None ("query")."""
@@ -79,7 +80,8 @@ def _video(given: Any, name: str, param: str, budget: video.Budget) -> Any:
         raise ApiError(f"{what}: {e}", param, "invalid_value") from None
 
 
-def _bytes(value: Any, what: str, kind: str, param: str, allow_remote: Optional[bool]) -> bytes:
+def _bytes(value: Any, what: str, kind: str, param: str,
+           allow_remote: Union[None, bool, remote.RemoteImages]) -> bytes:
     """An image or video given as a data URL (data:image/... or data:video/...) or base64 -> its bytes; an http(s)
     URL with allow_remote (None: never, as for videos and their frames). `what` names it in errors
     ("input[2].image", "input[0].video[3]")."""
@@ -92,8 +94,9 @@ def _bytes(value: Any, what: str, kind: str, param: str, allow_remote: Optional[
         if not allow_remote:
             raise ApiError(f"{what} is a remote URL: this server fetches images only when started "
                            f"with {ALLOW_FLAG}; send it as a data URL or base64", param, "invalid_value")
+        fetcher = allow_remote if isinstance(allow_remote, remote.RemoteImages) else remote.RemoteImages()
         try:
-            return remote.fetch_image(value)  # the pixel cap: the model's, when it decodes them
+            return fetcher.fetch(value)  # the pixel cap: the model's, when it decodes them
         except ValueError as e:
             raise ApiError(f"{what}: {e}", param, "invalid_value") from None
     if value.startswith("data:"):

@@ -5,12 +5,18 @@
 - a deadline for the whole body: a client that trickles it gets 408 after `body_timeout` seconds;
 - a client that hangs up while its request is being worked on cancels the request's task, which cancels its
   worker job (the worker then drops its queued and remaining chunks);
-- HEAD wherever GET works (the answer without its body), and a trailing slash is the same path (no redirect).
+- HEAD wherever GET works (the answer without its body), and a trailing slash is the same path (no redirect);
+- a request with both Content-Length and Transfer-Encoding is a 400 and its connection is closed (RFC 9112 6.1:
+  the two framings disagree, and a proxy in front may have read the other one);
+- a JSON body is UTF-8 (RFC 8259 8.1; Python's json also takes UTF-16 and UTF-32): Utf8JsonRoute.
 """
 
 import asyncio
+import json
 from typing import Callable, Optional
 
+from fastapi import Request
+from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 
 from .errors import error_response
@@ -37,7 +43,11 @@ class RequestLimits:
         head = scope["method"] == "HEAD"
         if head:
             scope = dict(scope, method="GET")
-        length = Headers(scope=scope).get("content-length", "")
+        headers = Headers(scope=scope)
+        length = headers.get("content-length", "")
+        if length and "transfer-encoding" in headers:
+            return await self._refuse(scope, receive, send, 400, "a request with both Content-Length and "
+                                      "Transfer-Encoding is ambiguous (RFC 9112 6.1): send one of them")
         if length.isdigit() and int(length) > self.max_request_bytes:
             return await self._refuse(scope, receive, send, 413, self._too_large(int(length)))
         await _Exchange(self, scope, receive, send, head).run()
@@ -47,7 +57,7 @@ class RequestLimits:
                 "split the request")
 
     async def _refuse(self, scope, receive, send, status: int, message: str):
-        code = {413: "request_too_large", 408: "request_timeout"}[status]
+        code = {400: "ambiguous_body_length", 413: "request_too_large", 408: "request_timeout"}[status]
         # Connection: close, so the server stops reading a body it will never use
         response = error_response(scope["path"], status, message, code=code, headers={"Connection": "close"})
         self.count(scope["path"], status)
@@ -144,3 +154,35 @@ class _Exchange:
             if self.head:
                 message = dict(message, body=b"")
         await self.send(message)
+
+
+class Utf8Request(Request):
+    """A request whose JSON body must be UTF-8: json.loads(bytes) would guess UTF-16 or UTF-32 from the zero
+    bytes and take it. A leading BOM is allowed (RFC 8259 lets a parser ignore it)."""
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise json.JSONDecodeError(f"the body is not UTF-8 (byte {e.start} is not): send UTF-8 JSON",
+                                           "", 0) from None
+            if "\x00" in text:  # a NUL is never in JSON text; UTF-16 and UTF-32 are full of them
+                raise json.JSONDecodeError("the body is not UTF-8 (it has NUL bytes: UTF-16 or UTF-32?): send "
+                                           "UTF-8 JSON", "", 0)
+            self._json = json.loads(text.removeprefix("\ufeff"))
+        return self._json
+
+
+class Utf8JsonRoute(APIRoute):
+    """FastAPI's route, with its body read through Utf8Request: a body that is not UTF-8 is the same 400
+    (invalid_json, in the dialect's shape) as one that is not JSON."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def utf8_only(request: Request):
+            return await handler(Utf8Request(request.scope, request.receive))
+
+        return utf8_only

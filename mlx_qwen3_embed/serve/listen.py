@@ -44,7 +44,8 @@ def bind(host: str, port: int) -> socket.socket:
 def guarded_protocol(header_timeout: float, max_connections: Optional[int],
                      count: Callable[[int], None] = lambda status: None) -> type:
     """uvicorn's h11 protocol plus: 503 and close for a connection past `max_connections`; 408 and close when a
-    request's headers are not complete `header_timeout` s after its first byte (or after the connection opened).
+    request's headers are not complete `header_timeout` s after its first byte (or after the connection opened);
+    a request that does not parse is answered 400 in the API's JSON shape, not uvicorn's plain text.
     `count(status)` records each refusal."""
 
     class GuardedH11Protocol(H11Protocol):
@@ -70,6 +71,11 @@ def guarded_protocol(header_timeout: float, max_connections: Optional[int],
                 self._header_timer.cancel()
             super().connection_lost(exc)
 
+        def send_400_response(self, msg: str):
+            # uvicorn's answer to bytes h11 cannot parse (its text/plain "Invalid HTTP request received.")
+            self._refuse(400, "invalid HTTP request: the request line or a header does not parse as HTTP/1.1",
+                         "invalid_http_request")
+
         def _between_requests(self) -> bool:
             return self.cycle is None or self.cycle.response_complete
 
@@ -86,7 +92,7 @@ def guarded_protocol(header_timeout: float, max_connections: Optional[int],
             """Answer without h11 (no request was parsed) and close: the bytes of `error_response`'s body
             (no path: OpenAI's shape, since "/" is TEI's route)."""
             body = error_response("", status, message, code=code).body
-            reason = {408: b"Request Timeout", 503: b"Service Unavailable"}[status]
+            reason = {400: b"Bad Request", 408: b"Request Timeout", 503: b"Service Unavailable"}[status]
             self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                                  b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
             self.transport.close()

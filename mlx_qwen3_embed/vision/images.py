@@ -7,7 +7,8 @@ repeated into the two temporal frames of the 3-D patch embedding, patches in 2x2
 An http(s) URL is read from the image cache, never downloaded here: remote.py fills the cache when the CLI or
 server is allowed to (--allow-remote-images). The cache is a folder of files named sha256(url), by default
 ~/.cache/mlx-qwen3-embed/images (under $XDG_CACHE_HOME when set), or $MLX_QWEN3_EMBED_IMAGE_CACHE; delete a file
-(or the folder) to download it again.
+(or the folder) to download it again. A file's modification time is its last use (remote.py evicts the least
+recently used past the cache's cap), so reading it here counts as a use.
 """
 
 import base64
@@ -16,12 +17,15 @@ import hashlib
 import io
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
+
+from ..checks import without_addresses
 
 PATCH = 16            # vision_config.patch_size
 MERGE = 2             # vision_config.spatial_merge_size: 2x2 patches become one LLM token
@@ -70,11 +74,31 @@ def cache_path(url: str) -> Path:
 
 
 def read_cached(url: str) -> Optional[bytes]:
-    """`url`'s cached bytes, or None when it was never downloaded."""
+    """`url`'s cached bytes (marked used now), or None when it was never downloaded or has been evicted."""
+    path = cache_path(url)
     try:
-        return cache_path(url).read_bytes()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
+    mark_used(path)
+    return raw
+
+
+def mark_used(path: Path) -> None:
+    """Set a cached file's modification time to now, to the nanosecond (atime is often not kept, and the
+    kernel's own "now" is coarse): the least recently used leave the cache first."""
+    now = time.time_ns()
+    try:
+        os.utime(path, ns=(now, now))
+    except OSError:  # evicted meanwhile, or a cache this user may read but not write: still a read
+        pass
+
+
+def describe(e: BaseException) -> str:
+    """An exception as its type and text, without the object reprs some libraries put in messages (PIL's
+    "cannot identify image file <_io.BytesIO object at 0x7f...>"): a heap address tells a client nothing."""
+    text = without_addresses(str(e))
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = MIN_PIXELS,
@@ -153,7 +177,7 @@ def _decode(raw: bytes, what: str, max_image_pixels: int) -> Image.Image:
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{what} is not a readable image ({type(e).__name__}: {e})") from None
+        raise ImageError(f"{what} is not a readable image ({describe(e)})") from None
     return image
 
 

@@ -134,7 +134,7 @@ def read_video(path: Union[str, bytes], max_image_pixels: int = images.MAX_IMAGE
     except (images.ImageError, LimitExceeded):
         raise
     except (av.error.FFmpegError, OSError, ValueError, EOFError) as e:
-        raise images.ImageError(f"{name} is not a readable video ({type(e).__name__}: {e})") from None
+        raise images.ImageError(f"{name} is not a readable video ({images.describe(e)})") from None
     if not frames:
         raise images.ImageError(f"{name} has no frames")
     # a header that counts more frames than decode: the missing ones repeat the last decoded frame
@@ -172,7 +172,7 @@ def open_frames(frames: list, max_image_pixels: int = images.MAX_IMAGE_PIXELS,
             with Image.open(io.BytesIO(raw)) as image:  # the header only: nothing decoded yet
                 sizes.append(image.size)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise images.ImageError(f"frame {j} is not a readable image ({type(e).__name__}: {e})") from None
+            raise images.ImageError(f"frame {j} is not a readable image ({images.describe(e)})") from None
     big = next((j for j, (w, h) in enumerate(sizes) if w * h > max_image_pixels), None)
     if big is not None:
         w, h = sizes[big]
