@@ -3,10 +3,12 @@ limit, inputs -> prepared inputs (with the dialect's truncation rule, errors nam
 inputs -> vectors or scores through the one BatchWorker, its refusals turned into ApiErrors."""
 
 import asyncio
+import functools
 import re
 from typing import Any, Callable, Optional
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from ..checks import check_prompt_name
 from ..contracts import EmbeddingModel
@@ -93,6 +95,12 @@ def prepare(model: EmbeddingModel, inputs: list[Any], *, truncate: bool, directi
     return fit(lambda xs, **kw: model.prepare_inputs(xs, instruction=instruction, prompt_name=prompt_name,
                                                      direction=direction, **kw),
                inputs, model.max_length, truncate=truncate, param=param)
+
+
+async def prepare_off_loop(model: EmbeddingModel, inputs: list[Any], **options) -> tuple[list, int]:
+    """`prepare` in a worker thread: tokenizing never runs on the event loop, so /health and every other client
+    are answered while a big request is read."""
+    return await run_in_threadpool(functools.partial(prepare, model, inputs, **options))
 
 
 async def run(worker: BatchWorker, prepared: list, dim: int, normalize: bool = True, *,

@@ -52,7 +52,7 @@ def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, starte
     async def embed_texts(embedder: EmbeddingModel, worker: BatchWorker, texts: list[str], truncate: bool, dim: int,
                           normalize: bool):
         jobs.check_count(len(texts), max_inputs)
-        sequences, cut = jobs.prepare(embedder, texts, truncate=truncate) if texts else ([], 0)
+        sequences, cut = await jobs.prepare_off_loop(embedder, texts, truncate=truncate) if texts else ([], 0)
         vectors = await jobs.run(worker, sequences, dim, normalize) if sequences else []
         tokens = sum(len(s) for s in sequences)
         metrics.embedded(len(sequences), tokens)

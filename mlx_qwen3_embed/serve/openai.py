@@ -22,7 +22,6 @@ from .models import Served
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 EMBEDDING_PATHS = ("/v1/embeddings", "/embeddings")
-INLINE_CHARS = 20_000  # requests with more characters than this are tokenized in a worker thread
 # LangChain's OpenAIEmbeddings (check_embedding_ctx_length=True by default) sends tiktoken ids, not Qwen ids
 FOREIGN_IDS_FIX = ("token ids from another tokenizer (LangChain's OpenAIEmbeddings sends tiktoken ids by default) "
                    "give wrong vectors: send text instead (OpenAIEmbeddings(..., check_embedding_ctx_length=False))")
@@ -54,13 +53,8 @@ def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, allow_
     async def embeddings(body: EmbeddingRequest):
         embedder, worker, model_id = served.pick(body.model)
         dim = jobs.check_dimensions(body.dimensions, embedder.dim)
-        # a few short texts prepare in microseconds; only a big request, or images and videos to decode (never on
-        # the event loop), is worth a thread hop
-        if _size(body.input) > INLINE_CHARS or _has_items(body.input):
-            prepared = await run_in_threadpool(_prepare, embedder, body, max_inputs, allow_remote_images,
-                                               video_limits)
-        else:
-            prepared = _prepare(embedder, body, max_inputs, allow_remote_images, video_limits)
+        # tokenizing and image decoding never run on the event loop
+        prepared = await run_in_threadpool(_prepare, embedder, body, max_inputs, allow_remote_images, video_limits)
         bounds = quantized.check(body.precision, body.ranges, dim, len(prepared))
         vectors = await jobs.run(worker, prepared, dim)
         tokens = sum(len(s) for s in prepared)
@@ -88,19 +82,6 @@ def model_entry(model_id: str, started: int, max_length: int, dimensions: Option
     if dimensions is None:
         return entry | {"type": "reranker", "max_length": max_length}
     return entry | {"type": "embedding", "dimensions": dimensions, "max_length": max_length}
-
-
-def _size(given: Any) -> int:
-    """Characters (or token ids) in `input`, to decide where to prepare it; a wrong shape counts as small."""
-    if isinstance(given, str):
-        return len(given)
-    if isinstance(given, list):
-        return sum(len(x) if isinstance(x, (str, list)) else 1 for x in given)
-    return 0
-
-
-def _has_items(given: Any) -> bool:
-    return isinstance(given, dict) or isinstance(given, list) and any(isinstance(x, dict) for x in given)
 
 
 def _prepare(model: EmbeddingModel, body: EmbeddingRequest, max_inputs: int, allow_remote: bool,

@@ -10,6 +10,7 @@ from typing import Literal, Optional, Union
 
 from fastapi import FastAPI
 from pydantic import BaseModel, StrictBool, StrictInt, StrictStr
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from . import jobs, quantized
@@ -49,8 +50,9 @@ def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int):
         dim = _dimensions(body.dimensions, embedder.dim)
         bounds = quantized.check(body.precision, body.ranges, dim, len(texts))
         try:
-            sequences, _ = jobs.prepare(embedder, texts, prompt_name=body.prompt_name, truncate=body.truncate,
-                                        direction=body.truncation_direction.lower())
+            sequences, _ = await jobs.prepare_off_loop(embedder, texts, prompt_name=body.prompt_name,
+                                                       truncate=body.truncate,
+                                                       direction=body.truncation_direction.lower())
         except ApiError as e:
             raise ApiError(f"Input validation error: {e.message}", e.param, e.code, status=413) from None
         vectors = await jobs.run(worker, sequences, dim, body.normalize)
@@ -68,8 +70,20 @@ def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int):
             jobs.check_prompt(body.prompt_name, embedder)
         except ApiError as e:
             raise ApiError(f"Input validation error: {e.message}", code="invalid_value", status=413) from None
-        return [embedder.tokens(text, prompt_name=body.prompt_name, add_special_tokens=body.add_special_tokens)
-                for text in texts]
+
+        def tokens() -> list:
+            out = []
+            for i, text in enumerate(texts):
+                try:
+                    out.append(embedder.tokens(text, prompt_name=body.prompt_name,
+                                               add_special_tokens=body.add_special_tokens))
+                except ValueError as e:  # over max_length: TEI refuses what it would not embed
+                    raise ApiError(f"Input validation error: inputs[{i}]: {e}", "inputs",
+                                   "context_length_exceeded", status=413) from None
+            return out
+
+        # a token a dict: never on the event loop
+        return await run_in_threadpool(tokens)
 
     @app.get("/info")
     async def info():

@@ -24,7 +24,7 @@ import numpy as np
 from ..batching import check_finite
 from ..checks import check_int
 from ..contracts import EmbeddingModel, RerankModel
-from ..device import check_batch_tokens
+from ..device import check_batch_tokens, release_memory
 from ..pooling import normalize
 from .metrics import Metrics
 
@@ -172,11 +172,16 @@ class BatchWorker:
             _fail(job, RuntimeError("the server is shutting down"))
 
     def _loop(self):
+        worked = False
         while not self._stop.is_set():
             chunks = self._take()
             if chunks:
                 with self.turns:
                     self._run(chunks)
+                worked = True
+            elif worked and self.queue.empty():
+                release_memory()  # idle: what the last requests took goes back to the system
+                worked = False
 
     def _admit(self):
         """Move queued jobs into service (up to max_batch_requests), waiting briefly when there is nothing to do."""
@@ -247,7 +252,7 @@ class BatchWorker:
         finally:
             # MLX keeps freed buffers for reuse; past cache_keep release them (after failed batches too)
             if mx.get_cache_memory() > self.cache_keep:
-                mx.clear_cache()
+                release_memory()
 
     def _embed(self, chunks: list[Chunk]):
         sequences = [s for chunk in chunks for s in chunk.sequences]
