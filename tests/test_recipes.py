@@ -1,4 +1,4 @@
-"""The README's client recipes ("## Using it from Python and JavaScript clients"), each run as written against a
+"""The README's client recipes ("## Using it from llm, Python and JavaScript clients"), each run as written against a
 real `mlx-embed serve` (conftest's `served`): the code is the README's fenced block after `<!-- recipe: NAME -->`,
 with only the URL, the model name and `dim` swapped for the test server's. Vectors equal the library's for the text
 the client sends (cosine >= 0.99999), and where a client has a known trap, the recipe's setting is shown to avoid
