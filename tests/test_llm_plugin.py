@@ -78,6 +78,12 @@ def test_registered_instruction_is_the_query_task(run_llm, embedder, hub_model):
     np.testing.assert_allclose(got, embedder.embed("embed texts", instruction="Find the code"), atol=ATOL)
 
 
+def test_unregister_forgets_a_model(run_llm, hub_model):
+    run_llm("mlx-embed", "register", str(hub_model), "--name", "brief")
+    run_llm("mlx-embed", "unregister", "brief")
+    assert "mlx-embed:brief" not in run_llm("embed-models").stdout
+
+
 @pytest.fixture(scope="module")
 def collection(run_llm, tmp_path_factory):
     """DOCUMENTS through `llm embed-multi docs FILE.csv -m mlx-embed:tiny`: the collection's name."""

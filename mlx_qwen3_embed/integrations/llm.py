@@ -36,8 +36,6 @@ _loaded: dict[str, EmbeddingModel] = {}  # model (folder or hub id) -> its embed
 class MLXEmbedding(llm.EmbeddingModel):
     """One llm model id over a Qwen3-Embedding checkpoint: documents, or queries (`query=True`), at `dim`."""
 
-    supports_binary = False
-
     def __init__(self, name: str, model: str, *, query: bool = False, dim: Optional[int] = None,
                  instruction: Optional[str] = None):
         self.model_id = PREFIX + name + (":query" if query else "")
@@ -78,10 +76,14 @@ def save(models: dict[str, dict]) -> None:
     atomic.write_file(registry_path(), lambda f: f.write(text))
 
 
+def entries() -> dict[str, dict]:
+    """Every NAME this plugin serves: the KNOWN hub ids, then the registered models (which may redefine one)."""
+    return {name: {"model": name} for name in KNOWN} | registered()
+
+
 @llm.hookimpl
 def register_embedding_models(register):
-    entries = {name: {"model": name} for name in KNOWN} | registered()
-    for name, entry in entries.items():
+    for name, entry in entries().items():
         options = dict(dim=entry.get("dim"), instruction=entry.get("instruction"))
         register(MLXEmbedding(name, entry["model"], **options))
         register(MLXEmbedding(name, entry["model"], query=True, **options))
@@ -100,11 +102,11 @@ def check_model(model: str, dim: Optional[int]) -> str:
 def model_entry(model_id: str) -> dict:
     """The registration behind a `mlx-embed:NAME` or `mlx-embed:NAME:query` id, else a ClickException."""
     name = model_id.removeprefix(PREFIX).removesuffix(":query")
-    entries = {n: {"model": n} for n in KNOWN} | registered()
-    if not model_id.startswith(PREFIX) or name not in entries:
-        ids = ", ".join(PREFIX + n for n in entries)
+    served = entries()
+    if not model_id.startswith(PREFIX) or name not in served:
+        ids = ", ".join(PREFIX + n for n in served)
         raise click.ClickException(f"unknown model {model_id!r}: this plugin has {ids}")
-    return entries[name]
+    return served[name]
 
 
 @llm.hookimpl
