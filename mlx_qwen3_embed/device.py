@@ -94,11 +94,12 @@ def _find_malloc_trim():
 _MALLOC_TRIM = _find_malloc_trim()
 
 
-def release_memory() -> None:
-    """Hand freed memory back to the system: MLX's buffer cache, and on glibc the free pages malloc keeps in its
-    arenas, one per thread (the server tokenizes and runs the model in threads: a big request's peak would
-    otherwise stay in RSS for good). Costs a few ms; call it between batches, not inside one."""
-    mx.clear_cache()
+def release_memory(mlx_cache: bool = True) -> None:
+    """Hand freed memory back to the system: MLX's buffer cache (unless mlx_cache=False), and on glibc the free
+    pages malloc keeps in its arenas, one per thread (the server tokenizes and runs the model in threads: a big
+    request's peak would otherwise stay in RSS for good). Costs a few ms; call it between batches, not inside one."""
+    if mlx_cache:
+        mx.clear_cache()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 

@@ -141,16 +141,18 @@ def create_app(embedder: Union[EmbeddingModel, Mapping[str, EmbeddingModel], Non
         return error_response(request.url.path, 400, f"{param or 'body'}: {message}", param, code)
 
     if embedder is not None:
-        openai.add_routes(app, served, metrics, max_inputs=max_inputs, allow_remote_images=remote_images,
+        openai.add_routes(app, served, metrics, max_inputs=max_inputs, max_chars=max_request_bytes,
+                          allow_remote_images=remote_images,
                           video_limits=video_limits)
-        ollama.add_routes(app, served, metrics, max_inputs=max_inputs, started=started)
-        tei.add_routes(app, served, metrics, max_inputs=max_inputs)
+        ollama.add_routes(app, served, metrics, max_inputs=max_inputs, started=started, max_chars=max_request_bytes)
+        tei.add_routes(app, served, metrics, max_inputs=max_inputs, max_chars=max_request_bytes)
     # served_model_name names the embedder when both are served; the reranker keeps its own name then
     rerank_id = model_id if embedder is None or reranker is None else model_name(reranker.name)
     listed = [openai.model_entry(name, started, model.max_length, model.dim) for name, model in embedders.items()]
     listed += [] if reranker is None else [openai.model_entry(rerank_id, started, reranker.max_length)]
     openai.add_models_route(app, listed)
     rerank.add_routes(app, reranker, worker, metrics, model_id=rerank_id, max_inputs=max_inputs,
+                      max_chars=max_request_bytes,
                       allow_remote_images=remote_images, video_limits=video_limits)
 
     @app.get("/health")

@@ -26,6 +26,26 @@ def check_count(n: int, max_inputs: int, param: str = "input", status: int = 400
                        "too_many_inputs", status=status)
 
 
+def check_work(inputs: list, prefix: str, max_chars: int, param: str = "input") -> None:
+    """The request's work bound, checked before anything is tokenized: the characters it asks to tokenize (each
+    input's text, plus `prefix` (an instruction, a prompt, a rerank query) once per input) may not pass
+    `max_chars`, the body cap, so a small body cannot ask for more than a full one could. More is a 413."""
+    total = sum(len(x) if isinstance(x, str) else len(x.get("text") or "") + len(x.get("instruction") or "")
+                if isinstance(x, dict) else 0 for x in inputs) + len(prefix) * len(inputs)
+    if total > max_chars:
+        raise ApiError(f"the request asks to tokenize {total} characters ({param}'s texts, with the "
+                       f"{'instruction or query' if prefix else 'prompt'} repeated for each of its {len(inputs)} "
+                       f"items), more than the limit of {max_chars} (--max-request-bytes): split the request",
+                       param, "request_too_large", status=413)
+
+
+def prompt_text(model: EmbeddingModel, instruction: Optional[str], prompt_name: Optional[str]) -> str:
+    """What is tokenized before each input: the instruction, or the named prompt (checked already)."""
+    if instruction is not None:
+        return instruction
+    return model.prompts.get(prompt_name, "") if prompt_name is not None else ""
+
+
 def check_prompt(prompt_name: Optional[str], model: EmbeddingModel) -> None:
     """An unknown `prompt_name` is an ApiError on that field."""
     if prompt_name is not None:
@@ -85,13 +105,16 @@ def fit(prepare: Callable[..., list], inputs: list, limit: int, *, truncate: boo
 
 
 def prepare(model: EmbeddingModel, inputs: list[Any], *, truncate: bool, direction: str = "right",
-            instruction: Optional[str] = None, prompt_name: Optional[str] = None,
-            param: str = "input") -> tuple[list, int]:
+            instruction: Optional[str] = None, prompt_name: Optional[str] = None, param: str = "input",
+            max_chars: Optional[int] = None) -> tuple[list, int]:
     """Inputs (texts, or Qwen3-VL items) -> (prepared inputs, how many were cut to max_length); `direction`
-    "left" keeps the end (TEI's truncation_direction). Refusals are ApiErrors naming `param[i]`."""
+    "left" keeps the end (TEI's truncation_direction). Refusals are ApiErrors naming `param[i]`; max_chars: the
+    request's work bound (check_work)."""
     check_prompt(prompt_name, model)
     if instruction is not None and prompt_name is not None:
         raise ApiError("give instruction or prompt_name, not both", "prompt_name", "invalid_value")
+    if max_chars is not None:
+        check_work(inputs, prompt_text(model, instruction, prompt_name), max_chars, param)
     return fit(lambda xs, **kw: model.prepare_inputs(xs, instruction=instruction, prompt_name=prompt_name,
                                                      direction=direction, **kw),
                inputs, model.max_length, truncate=truncate, param=param)

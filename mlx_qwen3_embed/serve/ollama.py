@@ -46,13 +46,15 @@ class ShowRequest(BaseModel):
     name: Optional[StrictStr] = None  # older clients send `name`
 
 
-def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, started: int):
+def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, started: int,
+               max_chars: Optional[int] = None):
     """Register the Ollama routes on `app` for the `served` models."""
 
     async def embed_texts(embedder: EmbeddingModel, worker: BatchWorker, texts: list[str], truncate: bool, dim: int,
                           normalize: bool):
         jobs.check_count(len(texts), max_inputs)
-        sequences, cut = await jobs.prepare_off_loop(embedder, texts, truncate=truncate) if texts else ([], 0)
+        sequences, cut = await jobs.prepare_off_loop(embedder, texts, truncate=truncate,
+                                                         max_chars=max_chars) if texts else ([], 0)
         vectors = await jobs.run(worker, sequences, dim, normalize) if sequences else []
         tokens = sum(len(s) for s in sequences)
         metrics.embedded(len(sequences), tokens)

@@ -44,7 +44,8 @@ class EmbeddingRequest(BaseModel):
 
 
 
-def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, allow_remote_images: bool = False,
+def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, max_chars: Optional[int] = None,
+               allow_remote_images: bool = False,
                video_limits: VideoLimits = VideoLimits()):
     """Register the OpenAI routes on `app` for the `served` models; `metrics` counts inputs and tokens.
     allow_remote_images: items may carry http(s) image URLs, downloaded by the server (serve/items.py).
@@ -54,7 +55,8 @@ def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, allow_
         embedder, worker, model_id = served.pick(body.model)
         dim = jobs.check_dimensions(body.dimensions, embedder.dim)
         # tokenizing and image decoding never run on the event loop
-        prepared = await run_in_threadpool(_prepare, embedder, body, max_inputs, allow_remote_images, video_limits)
+        prepared = await run_in_threadpool(_prepare, embedder, body, max_inputs, allow_remote_images, video_limits,
+                                           max_chars)
         bounds = quantized.check(body.precision, body.ranges, dim, len(prepared))
         vectors = await jobs.run(worker, prepared, dim)
         tokens = sum(len(s) for s in prepared)
@@ -85,7 +87,7 @@ def model_entry(model_id: str, started: int, max_length: int, dimensions: Option
 
 
 def _prepare(model: EmbeddingModel, body: EmbeddingRequest, max_inputs: int, allow_remote: bool,
-             video_limits: VideoLimits) -> list:
+             video_limits: VideoLimits, max_chars: Optional[int] = None) -> list:
     """The request's `input` -> prepared inputs (texts, token-id lists, or Qwen3-VL items), or an ApiError."""
     given = body.input
     if isinstance(given, (str, dict)) or (isinstance(given, list) and given and _is_ids(given)):
@@ -108,6 +110,9 @@ def _prepare(model: EmbeddingModel, body: EmbeddingRequest, max_inputs: int, all
     empty = next((i for i, x in enumerate(data) if x == ""), None)
     if empty is not None:
         raise ApiError(f"input[{empty}] is an empty string: send text", "input", "empty_input")
+    if max_chars is not None:  # before any image is read
+        jobs.check_prompt(body.prompt_name, model)
+        jobs.check_work(data, jobs.prompt_text(model, body.instruction, body.prompt_name), max_chars)
     budget = video_limits.budget()  # shared by all the request's videos
     inputs = [read_media(x, i, allow_remote, "input", budget) if isinstance(x, dict) else x
               for i, x in enumerate(data)]

@@ -49,7 +49,8 @@ class TeiRequest(BaseModel):
 
 
 def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorker, metrics, *, model_id: str,
-               max_inputs: int, allow_remote_images: bool = False, video_limits: VideoLimits = VideoLimits()):
+               max_inputs: int, max_chars: Optional[int] = None, allow_remote_images: bool = False,
+               video_limits: VideoLimits = VideoLimits()):
     """Register the rerank routes on `app`; without a reranker they answer 404 naming the fix.
     allow_remote_images: /v1/rerank's images may be http(s) URLs, downloaded by the server (serve/items.py).
     video_limits: what decoding one request's videos (query and documents together) may cost."""
@@ -68,14 +69,21 @@ def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorke
             raise ApiError("this server has no reranker: start it with `mlx-embed serve --reranker MODEL`",
                            code="no_reranker", status=404)
         jobs.check_count(len(documents), max_inputs, param)
+        if max_chars is not None:  # the query is read once per document
+            query_text = query if isinstance(query, str) else query.get("text") or ""
+            jobs.check_work(documents, query_text + (instruction or ""), max_chars, param)
         try:
             sequences = await run_in_threadpool(reranker.prepare_pairs, [(query, d) for d in documents],
                                                 instruction=instruction, truncate=truncate)
         except ValueError as e:
             if "max_length" not in str(e):  # an item without content, an unreadable image: the model's refusal
                 raise _refused(e, param) from None
-            # a query that does not fit, or (TEI without truncate) an over-long pair
-            raise ApiError(jobs.named(str(e), param), "query" if "query" in str(e) else param,
+            # a query that does not fit (whichever pair found it: it is the request's), or (TEI without truncate)
+            # an over-long pair
+            message = str(e)
+            if "the instruction and query" in message:
+                message = "query: " + message.split(": ", 1)[1]
+            raise ApiError(jobs.named(message, param), "query" if "query" in message else param,
                            "context_length_exceeded", status=413 if not truncate else 400) from None
         except (TypeError, FileNotFoundError) as e:  # an image for a text reranker
             raise _refused(e, param) from None

@@ -41,7 +41,7 @@ class TokenizeRequest(BaseModel):
     model: Optional[StrictStr] = None
 
 
-def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int):
+def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, max_chars: Optional[int] = None):
     """Register the TEI routes on `app` for the `served` models."""
 
     async def embed(body: EmbedRequest) -> list[list[Union[float, int]]]:  # ints: compact precisions
@@ -51,7 +51,7 @@ def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int):
         bounds = quantized.check(body.precision, body.ranges, dim, len(texts))
         try:
             sequences, _ = await jobs.prepare_off_loop(embedder, texts, prompt_name=body.prompt_name,
-                                                       truncate=body.truncate,
+                                                       truncate=body.truncate, max_chars=max_chars,
                                                        direction=body.truncation_direction.lower())
         except ApiError as e:
             raise ApiError(f"Input validation error: {e.message}", e.param, e.code, status=413) from None

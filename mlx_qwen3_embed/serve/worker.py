@@ -180,7 +180,8 @@ class BatchWorker:
                     self._run(chunks)
                 worked = True
             elif worked and self.queue.empty():
-                release_memory()  # idle: what the last requests took goes back to the system
+                # idle: what the last requests took goes back to the system (MLX's cache stays up to cache_keep)
+                release_memory(mlx_cache=False)
                 worked = False
 
     def _admit(self):
