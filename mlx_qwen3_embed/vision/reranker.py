@@ -7,6 +7,11 @@ a fixed system turn; a user turn holding "<Instruct>: {instruction}", "<Query>:"
 text, "\\n<Document>:", the document's; the chat template with the generation prompt. The whole text is tokenized
 at once (as its processor does), and the score is sigmoid(h . (W[yes] - W[no])), h the final-normed hidden state
 of the last token, W the LM head's rows of the tokenizer's own "yes" and "no".
+
+Pairs that start with the same text tokens (system turn, instruction, a text query) share their keys and values,
+computed once per group as the text reranker's are (reranker.py). The shared part stops at the first image or
+video token: equal placeholder ids may stand for different pixels, so an image query shares only the tokens
+before it; image and video documents of a text query share the whole text prefix.
 """
 
 from typing import Any, Callable, Optional, Sequence
@@ -14,12 +19,13 @@ from typing import Any, Callable, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from ..batching import run_batches
+from ..batching import run_batches, shared_prefixes
 from ..checks import check_int, check_top_n, ranked, sigmoid
 from ..checkpoint import Checkpoint
 from ..checkpoint.vl_weights import load_vl_model, plan_vl_memory, read_vl_config, read_vl_head_rows
 from ..contracts import RerankModel
 from ..device import check_batch_tokens, plan
+from ..models.qwen3 import PrefixCache
 from ..tokenizer import read_tokenizer
 from .embedder import Part, Prepared, VLEmbedder
 
@@ -40,6 +46,8 @@ class VLReranker:
         tokenizer = embedder._tokenizer
         # the recipe's truncation keeps every special token (its tokenizer's all_special_ids, vision pads included)
         self.special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        self.vision_ids = (self.args.image_token_id, self.args.video_token_id)
+        self.share_prefix = True  # False: every pair runs whole (the path before shared prefixes; for the bench)
         self.max_length = self._max_length(max_length)
 
     def prepare_pairs(self, pairs: Sequence[tuple[Any, Any]], *, instruction: Optional[str] = None,
@@ -79,17 +87,45 @@ class VLReranker:
                        raw: bool = False) -> np.ndarray:
         """Prepared pairs -> float32 (N,): P("yes"), or with `raw` the logit yes - no.
 
-        Packed by token count (image tokens included) under the token budget, right-padded, read at each pair's
-        own last token (VLEmbedder's layout): a score does not depend on what it was batched with.
+        Pairs sharing their first text tokens run that prefix once, then the rest against its keys and values
+        (Reranker.score_ids); each run is packed by token count (image tokens included) under the token budget,
+        right-padded, read at each pair's own last token (VLEmbedder's layout): a score does not depend on what
+        it was batched with.
         """
         check_batch_tokens(batch_tokens)
-        logits = run_batches(prepared, self._logits, np.empty(len(prepared), dtype=np.float32), self.device,
-                             batch_tokens=batch_tokens, name=self.name, what="scores")
+        logits = np.empty(len(prepared), dtype=np.float32)
+        groups = shared_prefixes([self._text_head(p.ids) for p in prepared]) if self.share_prefix else []
+        whole = np.ones(len(prepared), dtype=bool)
+        for shared, members in groups:
+            whole[members] = False
+            logits[members] = self._shared_logits([prepared[i] for i in members], shared, batch_tokens)
+        if whole.any():
+            rest = np.flatnonzero(whole)
+            logits[rest] = run_batches([prepared[i] for i in rest], self._logits, np.empty(len(rest), np.float32),
+                                       self.device, batch_tokens=batch_tokens, name=self.name, what="scores")
         return logits if raw else sigmoid(logits)
 
-    def _logits(self, batch: list[Prepared]) -> mx.array:
-        """Prepared pairs -> (B,) float32 logit yes - no, as a lazy graph."""
-        hidden = self.embedder._forward(batch).astype(mx.float32)  # (B, D): final-normed, each pair's last token
+    def _text_head(self, ids: list[int]) -> list[int]:
+        """What a pair may share: its tokens before the first image or video token, and never its last."""
+        end = next((j for j, t in enumerate(ids) if t in self.vision_ids), len(ids) - 1)
+        return ids[:min(end, len(ids) - 1)]
+
+    def _shared_logits(self, prepared: list[Prepared], shared: int, batch_tokens: Optional[int]) -> np.ndarray:
+        """Pairs whose first `shared` tokens are the same text -> (N,) float32 logits: that prefix once, then
+        the rest, at their own positions (a text prefix's are 0..shared-1 on every axis, whatever follows)."""
+        first = prepared[0]
+        cache = [PrefixCache() for _ in self.embedder.model.language_model.layers]
+        with mx.stream(self.device.stream):
+            self.embedder._forward([Prepared(first.ids[:shared], first.positions[:, :shared])], cache)
+            mx.eval([(c.keys, c.values) for c in cache])
+        rests = [Prepared(p.ids[shared:], p.positions[:, shared:], p.visuals) for p in prepared]
+        return run_batches(rests, lambda batch: self._logits(batch, cache), np.empty(len(rests), np.float32),
+                           self.device, batch_tokens=batch_tokens, name=self.name, what="scores",
+                           sizes=[shared + len(r) for r in rests])
+
+    def _logits(self, batch: list[Prepared], cache: Optional[list] = None) -> mx.array:
+        """Prepared pairs (or what follows the prefix in `cache`) -> (B,) float32 logit yes - no, as a lazy graph."""
+        hidden = self.embedder._forward(batch, cache).astype(mx.float32)  # (B, D): final-normed, each last token
         no_yes = hidden @ self.head.T  # (B, 2): two rows of the head, never the 151k-row projection
         return no_yes[:, 1] - no_yes[:, 0]
 
