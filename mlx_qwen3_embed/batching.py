@@ -31,15 +31,15 @@ def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 def shared_prefixes(heads: Sequence[Sequence[int]], least: int = MIN_SHARED) -> list[tuple[int, list[int]]]:
     """Groups of sequences that start alike: [(P, indices)], each group's members all beginning with the same P
-    tokens. heads[i]: the part of sequence i that may be shared (e.g. all but its last token); a sequence in no
-    group shares nothing worth it.
+    tokens, P >= least. heads[i]: the part of sequence i that may be shared (e.g. all but its last token); a
+    sequence in no group shares nothing worth it.
 
     Sorted, the sequences sharing P tokens are neighbours, and such runs nest (a run sharing P holds the runs
-    sharing more): a tree, walked once. A run is a group of its own only if its members share at least `least`
-    tokens more than those of the run around it and it saves more tokens so, (members - 1) x P, than joining
-    that run's group; the rest of a run's members form its group when they share at least `least`. So 20
-    queries x 100 documents give 20 groups, one per query (not one of all 2,000 sharing the system prompt),
-    while pairs of one query whose documents happen to start alike stay in the query's group.
+    sharing more): a tree, walked once. A run's group is its members that no sub-run keeps; a sub-run keeps its
+    own groups when that saves at least `least` tokens more than joining (a group saves (members - 1) x P: its
+    prefix runs once). So 20 queries x 100 documents give 20 groups, one per query, rather than one of all 2,000
+    sharing the template; but a few pairs per query, or one query's documents that happen to start alike, join
+    the group that shares less: another group would cost more than its few tokens (one more pass, one more batch).
     """
     order = sorted(range(len(heads)), key=lambda i: list(heads[i]))
     stack = [[0, 0, []]]  # open runs, outermost first: [tokens shared, first sorted position, closed sub-runs]
@@ -64,7 +64,7 @@ def _close(shared: int, runs: list, least: int, first: int, end: int) -> tuple:
     saving, groups, free = 0, [], []
     for run_saving, run_groups, run_free, run_shared, run_first, run_end in runs:
         alone = run_saving + len(run_free) * shared  # the sub-run keeps its groups, its rest joins this group
-        if run_shared - shared >= least and alone > (run_end - run_first) * shared:
+        if shared < least or alone - (run_end - run_first) * shared >= least:
             saving, groups, free = saving + run_saving, groups + run_groups, free + run_free
         else:  # it dissolves into this run's group
             free = free + list(range(run_first, run_end))
