@@ -65,11 +65,15 @@ def _close(shared: int, runs: list, least: int, first: int, end: int) -> tuple:
     for run_saving, run_groups, run_free, run_shared, run_first, run_end in runs:
         alone = run_saving + len(run_free) * shared  # the sub-run keeps its groups, its rest joins this group
         if shared < least or alone - (run_end - run_first) * shared >= least:
-            saving, groups, free = saving + run_saving, groups + run_groups, free + run_free
+            saving += run_saving
+            groups += run_groups
+            free += run_free
         else:  # it dissolves into this run's group
-            free = free + list(range(run_first, run_end))
+            free += range(run_first, run_end)
     if shared >= least and len(free) > 1:
-        saving, groups, free = saving + (len(free) - 1) * shared, groups + [(shared, free)], []
+        saving += (len(free) - 1) * shared
+        groups.append((shared, free))
+        free = []
     return saving, groups, free, shared, first, end
 
 

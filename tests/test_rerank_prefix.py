@@ -153,6 +153,23 @@ def test_every_kernel_choice_attends_to_the_prefix(reranker_hub, whole, kernels,
     assert shared
 
 
+@pytest.mark.parametrize("kernels", [qwen3.Kernels(), qwen3.Kernels(True, True)])
+def test_a_continuation_s_hidden_states_are_the_whole_texts(reranker, kernels, monkeypatch):
+    """Qwen3.prefix + last_token(rest, cache) against last_token(whole), on the hidden states themselves."""
+    import mlx.core as mx
+
+    from mlx_qwen3_embed.batching import pad_right
+
+    monkeypatch.setattr(qwen3, "CHUNK", 4)
+    model = with_kernels(mqe.load_reranker(str(reranker.folder)), kernels).model
+    sequences = reranker.tokenize(QUERIES[1], MIXED)
+    [(P, _)] = shared_prefixes([s[:-1] for s in sequences])
+    whole = model.last_token(*map(mx.array, pad_right(sequences, 0)))
+    rest = model.last_token(*map(mx.array, pad_right([s[P:] for s in sequences], 0)),
+                            model.prefix(mx.array([sequences[0][:P]])))
+    assert np.abs(np.array(rest) - np.array(whole)).max() <= 1e-5 * np.abs(np.array(whole)).max()
+
+
 def with_kernels(model, kernels: qwen3.Kernels):
     """The model with other attention and exp kernels (device.plan picks them per device)."""
     layers = model.embedder.model.language_model.layers if isinstance(model, VLReranker) else model.model.layers
