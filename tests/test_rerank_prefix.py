@@ -254,13 +254,26 @@ def test_vl_text_and_image_documents_share_the_text_prefix(vl, vl_whole, vl_rera
     assert np.abs(ours - vl_whole.score(QUERIES[0], documents)).max() <= TOLERANCE
 
 
-def test_vl_an_image_query_shares_only_what_precedes_its_image(vl, vl_whole, shared):
-    query = {"image": picture(64, 96, 5), "text": "like this"}
+def test_vl_an_image_query_is_shared_with_its_image(vl, vl_whole, vl_rerank_reference, shared):
+    image = picture(64, 96, 5)
     documents = MIXED[:3] + [{"image": picture(64, 64, 1)}]
-    ours = vl.score(query, documents)
-    ids = vl.prepare_pairs([(query, documents[0])])[0].ids
+    ours = vl.score({"image": image, "text": "like this"}, documents)
+    ids = vl.prepare_pairs([({"image": image, "text": "like this"}, documents[0])])[0].ids
+    last_image_token = max(j for j, t in enumerate(ids) if t == vl.args.image_token_id)
+    assert shared == [(shared[0][0], len(documents))] and shared[0][0] > last_image_token
+    theirs = vl_rerank_reference.score([({"text": "like this", "images": [image]}, d)
+                                        for d in MIXED[:3] + [{"images": [documents[3]["image"]]}]])
+    assert np.abs(ours - theirs).max() <= TOLERANCE
+    assert np.abs(ours - vl_whole.score({"image": image, "text": "like this"}, documents)).max() <= TOLERANCE
+
+
+def test_vl_equal_images_that_are_not_the_same_object_are_not_shared(vl, vl_whole, shared):
+    """Equal placeholder ids, different pixels: only the tokens before the query's image are shared."""
+    pairs = [({"image": picture(64, 96, seed)}, DOCUMENTS[seed]) for seed in range(3)]
+    ours = vl.score_pairs(pairs)
+    ids = vl.prepare_pairs(pairs[:1])[0].ids
     assert shared and shared[0][0] <= ids.index(vl.args.image_token_id)
-    assert np.abs(ours - vl_whole.score(query, documents)).max() <= TOLERANCE
+    assert np.abs(ours - vl_whole.score_pairs(pairs)).max() <= TOLERANCE
 
 
 def test_vl_interleaved_queries_and_the_fused_kernels(vl_reranker_model, vl_whole, shared):

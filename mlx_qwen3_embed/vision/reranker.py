@@ -8,10 +8,10 @@ text, "\\n<Document>:", the document's; the chat template with the generation pr
 at once (as its processor does), and the score is sigmoid(h . (W[yes] - W[no])), h the final-normed hidden state
 of the last token, W the LM head's rows of the tokenizer's own "yes" and "no".
 
-Pairs that start with the same text tokens (system turn, instruction, a text query) share their keys and values,
-computed once per group as the text reranker's are (reranker.py). The shared part stops at the first image or
-video token: equal placeholder ids may stand for different pixels, so an image query shares only the tokens
-before it; image and video documents of a text query share the whole text prefix.
+Pairs that start with the same tokens (system turn, instruction, query) share their keys and values, computed
+once per group as the text reranker's are (reranker.py). Equal placeholder ids may stand for different pixels, so
+vision tokens count as equal only when they are the same image or video object: a query read once (`score`, or
+one query item in many pairs) shares its images too; documents' images follow the shared prefix.
 """
 
 from typing import Any, Callable, Optional, Sequence
@@ -87,14 +87,15 @@ class VLReranker:
                        raw: bool = False) -> np.ndarray:
         """Prepared pairs -> float32 (N,): P("yes"), or with `raw` the logit yes - no.
 
-        Pairs sharing their first text tokens run that prefix once, then the rest against its keys and values
+        Pairs sharing their first tokens (and images) run that prefix once, then the rest against its keys and values
         (Reranker.score_ids); each run is packed by token count (image tokens included) under the token budget,
         right-padded, read at each pair's own last token (VLEmbedder's layout): a score does not depend on what
         it was batched with.
         """
         check_batch_tokens(batch_tokens)
         logits = np.empty(len(prepared), dtype=np.float32)
-        groups = shared_prefixes([self._text_head(p.ids) for p in prepared]) if self.share_prefix else []
+        marks: dict[int, int] = {}
+        groups = shared_prefixes([self._head(p, marks) for p in prepared]) if self.share_prefix else []
         whole = np.ones(len(prepared), dtype=bool)
         for shared, members in groups:
             whole[members] = False
@@ -105,20 +106,31 @@ class VLReranker:
                                        self.device, batch_tokens=batch_tokens, name=self.name, what="scores")
         return logits if raw else sigmoid(logits)
 
-    def _text_head(self, ids: list[int]) -> list[int]:
-        """What a pair may share: its tokens before the first image or video token, and never its last."""
-        end = next((j for j, t in enumerate(ids) if t in self.vision_ids), len(ids) - 1)
-        return ids[:min(end, len(ids) - 1)]
+    def _head(self, p: Prepared, marks: dict[int, int]) -> list[int]:
+        """What a pair may share, all but its last token: its ids, each vision token replaced by a mark of the
+        image or video it stands for (marks: id(Patches) -> a negative number, one per object)."""
+        owners = iter([marks.setdefault(id(v), -1 - len(marks)) for v in p.visuals for _ in range(v.tokens)])
+        return [next(owners) if t in self.vision_ids else t for t in p.ids[:-1]]
+
+    def _split(self, p: Prepared, shared: int) -> tuple[list, list]:
+        """p's images and videos before token `shared` and after it (a shared prefix never ends inside one)."""
+        inside = sum(1 for t in p.ids[:shared] if t in self.vision_ids)
+        k = 0
+        while inside > 0:
+            inside -= p.visuals[k].tokens
+            k += 1
+        return p.visuals[:k], p.visuals[k:]
 
     def _shared_logits(self, prepared: list[Prepared], shared: int, batch_tokens: Optional[int]) -> np.ndarray:
-        """Pairs whose first `shared` tokens are the same text -> (N,) float32 logits: that prefix once, then
-        the rest, at their own positions (a text prefix's are 0..shared-1 on every axis, whatever follows)."""
+        """Pairs whose first `shared` tokens (and images) are the same -> (N,) float32 logits: that prefix once,
+        then the rest at their own positions (those of the whole pair: Prepared's are absolute)."""
         first = prepared[0]
         cache = [PrefixCache() for _ in self.embedder.model.language_model.layers]
         with mx.stream(self.device.stream):
-            self.embedder._forward([Prepared(first.ids[:shared], first.positions[:, :shared])], cache)
+            prefix = Prepared(first.ids[:shared], first.positions[:, :shared], self._split(first, shared)[0])
+            self.embedder._forward([prefix], cache)
             mx.eval([(c.keys, c.values) for c in cache])
-        rests = [Prepared(p.ids[shared:], p.positions[:, shared:], p.visuals) for p in prepared]
+        rests = [Prepared(p.ids[shared:], p.positions[:, shared:], self._split(p, shared)[1]) for p in prepared]
         return run_batches(rests, lambda batch: self._logits(batch, cache), np.empty(len(rests), np.float32),
                            self.device, batch_tokens=batch_tokens, name=self.name, what="scores",
                            sizes=[shared + len(r) for r in rests])
