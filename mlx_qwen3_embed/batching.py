@@ -58,6 +58,21 @@ def shared_prefixes(heads: Sequence[Sequence[int]], least: int = MIN_SHARED) -> 
     return [(shared, [order[k] for k in members]) for shared, members in groups]
 
 
+def by_shared_prefix(items: Sequence, heads: Optional[Sequence], grouped: Callable[[list, int], np.ndarray],
+                     whole: Callable[[list], np.ndarray]) -> np.ndarray:
+    """(N,) float32 results of `items` in their order: grouped(members, P) for each group of
+    shared_prefixes(heads) (none when heads is None), whole(others) for the items in no group."""
+    out = np.empty(len(items), dtype=np.float32)
+    alone = np.ones(len(items), dtype=bool)
+    for shared, members in shared_prefixes(heads) if heads is not None else []:
+        alone[members] = False
+        out[members] = grouped([items[i] for i in members], shared)
+    if alone.any():
+        rest = np.flatnonzero(alone)
+        out[rest] = whole([items[i] for i in rest])
+    return out
+
+
 def _close(shared: int, runs: list, least: int, first: int, end: int) -> tuple:
     """A run of sorted positions first..end-1 sharing `shared` tokens, holding `runs` (closed sub-runs) ->
     (tokens saved, groups [(P, positions)], positions left for an enclosing run's group, shared, first, end)."""

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .batching import padded, run_batches, shared_prefixes
+from .batching import by_shared_prefix, padded, run_batches
 from .checks import check_int, check_top_n, ranked, sigmoid
 from .models.args import ModelArgs
 from .device import DevicePlan, check_batch_tokens, plan
@@ -112,17 +112,14 @@ class Reranker:
         batched with.
         """
         check_batch_tokens(batch_tokens)
-        logits = np.empty(len(sequences), dtype=np.float32)
-        groups = shared_prefixes([s[:-1] for s in sequences]) if self.share_prefix else []
-        whole = np.ones(len(sequences), dtype=bool)
-        for shared, members in groups:
-            whole[members] = False
-            logits[members] = self._shared_logits([sequences[i] for i in members], shared, batch_tokens)
-        if whole.any():
-            rest = np.flatnonzero(whole)
-            logits[rest] = run_batches([sequences[i] for i in rest], padded(self._logits, self.tokenizer.eos_id),
-                                       np.empty(len(rest), dtype=np.float32), self.device,
-                                       batch_tokens=batch_tokens, name=self.name, what="scores")
+        heads = [s[:-1] for s in sequences] if self.share_prefix else None  # the scored last token is never shared
+
+        def whole(pairs: list) -> np.ndarray:
+            return run_batches(pairs, padded(self._logits, self.tokenizer.eos_id), np.empty(len(pairs), np.float32),
+                               self.device, batch_tokens=batch_tokens, name=self.name, what="scores")
+
+        logits = by_shared_prefix(sequences, heads, lambda group, P: self._shared_logits(group, P, batch_tokens),
+                                  whole)
         return logits if raw else sigmoid(logits)
 
     score_prepared = score_ids

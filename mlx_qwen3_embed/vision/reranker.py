@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from ..batching import run_batches, shared_prefixes
+from ..batching import by_shared_prefix, run_batches
 from ..checks import check_int, check_top_n, ranked, sigmoid
 from ..checkpoint import Checkpoint
 from ..checkpoint.vl_weights import load_vl_model, plan_vl_memory, read_vl_config, read_vl_head_rows
@@ -93,17 +93,15 @@ class VLReranker:
         it was batched with.
         """
         check_batch_tokens(batch_tokens)
-        logits = np.empty(len(prepared), dtype=np.float32)
         marks: dict[int, int] = {}
-        groups = shared_prefixes([self._head(p, marks) for p in prepared]) if self.share_prefix else []
-        whole = np.ones(len(prepared), dtype=bool)
-        for shared, members in groups:
-            whole[members] = False
-            logits[members] = self._shared_logits([prepared[i] for i in members], shared, batch_tokens)
-        if whole.any():
-            rest = np.flatnonzero(whole)
-            logits[rest] = run_batches([prepared[i] for i in rest], self._logits, np.empty(len(rest), np.float32),
-                                       self.device, batch_tokens=batch_tokens, name=self.name, what="scores")
+        heads = [self._head(p, marks) for p in prepared] if self.share_prefix else None
+
+        def whole(pairs: list) -> np.ndarray:
+            return run_batches(pairs, self._logits, np.empty(len(pairs), np.float32), self.device,
+                               batch_tokens=batch_tokens, name=self.name, what="scores")
+
+        logits = by_shared_prefix(prepared, heads, lambda group, P: self._shared_logits(group, P, batch_tokens),
+                                  whole)
         return logits if raw else sigmoid(logits)
 
     def _head(self, p: Prepared, marks: dict[int, int]) -> list[int]:
