@@ -2,7 +2,8 @@
 documents against its keys and values. Scores equal the whole-pair path (share_prefix off) and transformers running
 the model card's recipe (|difference| <= 1e-5) for any batch, document lengths, truncation and prefix length;
 through score_pairs with interleaved queries, rerank, the CLI, every rerank route of the server; on the Metal plan
-(quantized matmuls, MLX's fused attention); for the Qwen3-VL reranker's text prefix, with image documents too."""
+(quantized matmuls, MLX's fused attention); for the Qwen3-VL reranker, image documents and an image query's
+image included (but not equal ids of other pixels)."""
 
 import json
 import random
