@@ -1,10 +1,16 @@
-"""Rerank latency and pairs/s, side by side in one process: this package against sentence-transformers' CrossEncoder
-(a Qwen3ForCausalLM folder loads there as Transformer + LogitScore(yes, no)) on the same random-weight checkpoint
-with the real Qwen3-Reranker-0.6B shape. One query against 100 passages, then Q queries against the same 100.
+"""Rerank latency and pairs/s, side by side in one process: this package's shared-prefix path, its whole-pair path
+(share_prefix=False, the path before it: the gain measured, not inferred), sentence-transformers' CrossEncoder (a
+Qwen3ForCausalLM folder loads there as Transformer + LogitScore(yes, no)) and, given a build, llama.cpp's server,
+on the same random-weight checkpoint with the real Qwen3-Reranker-0.6B shape. Workloads: one query against 100
+RAG passages, Q queries against the same 100, one query against a few long documents, one query against 100
+passages of mixed length (3 words to a page); each with the share of its tokens in a prefix that pairs share.
+Systems run in alternating rounds (rotating order), so a change in the machine's load falls on all of them.
 Writes bench/results/rerank.md.
 
-    python bench/rerank_bench.py                    # the issue's runs: 1 x 100 and 20 x 100 (~1 hour on 2 cores)
-    python bench/rerank_bench.py --queries 1 --rounds 1   # 1 x 100 only (~5 minutes)
+    python bench/rerank_bench.py --llama-cpp DIR    # everything (~4 hours on 2 cores; without llama.cpp ~3)
+    python bench/rerank_bench.py --queries 1 --rounds 1 --systems shared,whole   # the gain alone (~15 minutes)
+    python bench/rerank_bench.py --queries 2 --passages 6 --long-documents 2 --long-words 200 --rounds 1 \
+        --out /tmp/rerank.md                        # a check that it runs (a few minutes)
 
 Speed does not depend on the weights' values, so random weights stand in for the real ones (not downloadable
 here). The vocabulary has the real size (151,669 rows, tied head as in the 0.6B), so CrossEncoder's full-vocabulary
@@ -124,28 +130,58 @@ class LlamaServer:
         self.log.close()
 
 
-def timed(fn, rounds: int, warm_up) -> list[float]:
-    warm_up()  # a few pairs: compiles, allocates, loads BLAS
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+def workloads(options) -> dict[str, list[tuple[str, list[str]]]]:
+    """Name -> [(query, its documents)]: 1 x N and Q x N RAG passages, a few long documents, and passages of
+    mixed length (a few words to a page), the common case where padding shows."""
+    passages = (texts("document") * 2)[: options.passages]
+    queries = (texts("query") * 2)[: options.queries]
+    words = " ".join(texts("document")).split()
+    # long: pages of ~long_words words; mixed: lengths log-uniform from 3 words to a page (deterministic)
+    long_documents = [" ".join(words[i * options.long_words:(i + 1) * options.long_words])
+                      for i in range(options.long_documents)]
+    spans = [int(round(3 * (options.long_words / 3) ** (i / max(options.passages - 1, 1))))
+             for i in range(options.passages)]
+    mixed = [" ".join((words * 2)[(31 * i) % len(words):][:n]) for i, n in enumerate(spans[::-1])]
+    runs = {f"1 x {len(passages)}": [(queries[0], passages)]}
+    if len(queries) > 1:
+        runs[f"{len(queries)} x {len(passages)}"] = [(q, passages) for q in queries]
+    if options.long_documents:
+        runs[f"1 x {len(long_documents)} long ({options.long_words} words)"] = [(queries[1 % len(queries)],
+                                                                                 long_documents)]
+    runs[f"1 x {len(mixed)} mixed (3-{options.long_words} words)"] = [(queries[2 % len(queries)], mixed)]
+    return runs
+
+
+def prefix_share(ours, work: list[tuple[str, list[str]]]) -> tuple[int, float, float]:
+    """Tokens of a workload as ours tokenizes it, the share of them in a prefix that pairs share, and the share
+    left to compute with sharing (batching.shared_prefixes, as score_pairs groups them)."""
+    from mlx_qwen3_embed.batching import shared_prefixes
+
+    sequences = ours.tokenize_pairs([(q, d) for q, documents in work for d in documents])
+    tokens = sum(map(len, sequences))
+    groups = shared_prefixes([s[:-1] for s in sequences])
+    in_prefix = sum(P * len(members) for P, members in groups)
+    saved = sum(P * (len(members) - 1) for P, members in groups)
+    return tokens, in_prefix / tokens, (tokens - saved) / tokens
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=20, help="queries of the many-query run; 1: skip it")
     parser.add_argument("--passages", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--long-documents", type=int, default=10, help="documents of the long run; 0: skip it")
+    parser.add_argument("--long-words", type=int, default=800, help="words of a long document (and the longest "
+                        "mixed one)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of every system (median)")
+    parser.add_argument("--many-rounds", type=int, default=1, help="rounds of the many-query run (it is long)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "rerank.md"))
     parser.add_argument("--llama-cpp", type=Path, help="a llama.cpp source tree with build/bin/llama-server built")
-    parser.add_argument("--systems", help="comma-separated, of: ours, st, llama.cpp (default: all that are given)")
+    parser.add_argument("--systems", help="comma-separated, of: shared, whole, st, llama.cpp (default: all given)")
     options = parser.parse_args()
-    chosen = set((options.systems or "ours,st" + (",llama.cpp" if options.llama_cpp else "")).split(","))
-    if chosen - {"ours", "st", "llama.cpp"} or ("llama.cpp" in chosen and not options.llama_cpp):
-        parser.error(f"--systems {options.systems}: choose among ours, st, llama.cpp (llama.cpp needs --llama-cpp)")
+    known = ["shared", "whole", "st", "llama.cpp"]
+    chosen = (options.systems or "shared,whole,st" + (",llama.cpp" if options.llama_cpp else "")).split(",")
+    if set(chosen) - set(known) or ("llama.cpp" in chosen and not options.llama_cpp):
+        parser.error(f"--systems {options.systems}: choose among {', '.join(known)} (llama.cpp needs --llama-cpp)")
     env = reexec_env()
     if env is not None:  # preload OpenBLAS like the CLI does
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
@@ -157,48 +193,49 @@ def main():
     from mlx_qwen3_embed.reranker import PREFIX, SUFFIX, pair_body
 
     torch.set_num_threads(os.cpu_count())
-    passages = (texts("document") * 2)[: options.passages]
-    queries = (texts("query") * 2)[: options.queries]
+    runs = workloads(options)
     with tempfile.TemporaryDirectory() as workdir:
         folder = make_checkpoint(Path(workdir) / "Qwen3-Reranker-0.6B-shape")
         ours = mqe.load_reranker(str(folder))  # always: it counts the tokens
-        pairs_one = [(queries[0], d) for d in passages]
-        pairs_many = [(q, d) for q in queries for d in passages]
-        tokens_one = sum(map(len, ours.tokenize_pairs(pairs_one)))
-        tokens_many = sum(map(len, ours.tokenize_pairs(pairs_many)))
-        systems = []
-        if "ours" in chosen:
-            systems.append(("mlx-qwen3-embed (fp32, CPU)", lambda: ours.score(queries[0], passages),
-                            lambda: ours.score_pairs(pairs_many), lambda: ours.score(queries[0], passages[:8])))
+        shares = {name: prefix_share(ours, work) for name, work in runs.items()}
+        warm = [(runs[next(iter(runs))][0][0], runs[next(iter(runs))][0][1][:8])]  # a few pairs
+
+        def mlx(share: bool):
+            def run(work):
+                ours.share_prefix = share  # the same loaded model either way: only the path differs
+                ours.score_pairs([(q, d) for q, documents in work for d in documents], instruction=INSTRUCTION)
+            return run
+
+        systems = {"shared": ("mlx-qwen3-embed, shared prefix (fp32, CPU)", mlx(True)),
+                   "whole": ("mlx-qwen3-embed, whole pairs (share_prefix=False)", mlx(False))}
         if "st" in chosen:
             peer = CrossEncoder(str(folder), device="cpu", model_kwargs={"dtype": torch.float32})
-
-            def peer_pairs(query_list):
-                return [(PREFIX + pair_body(INSTRUCTION, q), d + SUFFIX) for q in query_list for d in passages]
-
-            systems.append(("sentence-transformers CrossEncoder (torch fp32, CPU)",
-                            lambda: peer.predict(peer_pairs(queries[:1]), batch_size=32),
-                            lambda: peer.predict(peer_pairs(queries), batch_size=32),
-                            lambda: peer.predict(peer_pairs(queries[:1])[:8], batch_size=32)))
+            systems["st"] = ("sentence-transformers CrossEncoder (torch fp32, CPU)", lambda work: peer.predict(
+                [(PREFIX + pair_body(INSTRUCTION, q), d + SUFFIX) for q, documents in work for d in documents],
+                batch_size=32))
+        llama = None
         if "llama.cpp" in chosen:
             llama = LlamaServer(options.llama_cpp.resolve(), folder, Path(workdir))
-            check_llama(llama, ours, queries[0], passages)
-            systems.append(("llama.cpp llama-server /v1/rerank (f32 GGUF, CPU)",
-                            lambda: llama.rerank(queries[0], passages),
-                            lambda: [llama.rerank(q, passages) for q in queries],
-                            lambda: llama.rerank(queries[0], passages[:8])))
-        rows = {name: [None, None] for name, *_ in systems}
+            check_llama(llama, ours, *runs[next(iter(runs))][0])
+            systems["llama.cpp"] = ("llama.cpp llama-server /v1/rerank (f32 GGUF, CPU)",
+                                    lambda work: [llama.rerank(q, documents) for q, documents in work])
+        systems = {key: systems[key] for key in chosen}
+        times = {(key, name): [] for key in systems for name in runs}
         try:
-            # every 1 x N figure first, then the long runs; the table is rewritten after each measurement, so a
-            # run stopped part way (a timeout) keeps what it measured
-            for name, one, _, warm_up in systems:
-                rows[name][0] = statistics.median(timed(one, options.rounds, warm_up))
-                report(options, rows, len(pairs_one), len(pairs_many), len(queries), tokens_one, tokens_many, torch)
-            for name, _, many, _ in systems if len(queries) > 1 else ():
-                rows[name][1] = timed(many, 1, lambda: None)[0]
-                report(options, rows, len(pairs_one), len(pairs_many), len(queries), tokens_one, tokens_many, torch)
+            for _, run in systems.values():
+                run(warm)  # compiles, allocates, loads BLAS
+            # rounds alternate the systems (in a rotating order) so a change in the machine's load falls on all;
+            # the table is rewritten after each measurement, so a run stopped part way keeps what it measured
+            for name, work in runs.items():
+                rounds = options.many_rounds if len(work) > 1 else options.rounds
+                for r in range(rounds):
+                    for key in list(systems)[r % len(systems):] + list(systems)[:r % len(systems)]:
+                        start = time.perf_counter()
+                        systems[key][1](work)
+                        times[key, name].append(time.perf_counter() - start)
+                        report(options, systems, runs, shares, times, torch)
         finally:
-            if "llama.cpp" in chosen:
+            if llama is not None:
                 llama.close()
 
 
@@ -216,25 +253,36 @@ def check_llama(llama: LlamaServer, ours, query: str, passages: list[str]):
           f"corr(score, p) {np.corrcoef(theirs, mine)[0, 1]:.6f}, tokens {answer.get('usage')} vs "
           f"{sum(map(len, ours.tokenize_pairs([(query, d) for d in passages])))}", flush=True)
 
-def report(options, rows: dict, n_one: int, n_many: int, n_queries: int, tokens_one: int, tokens_many: int, torch):
-    """Write the Markdown table of what is measured so far (and print it)."""
+def report(options, systems: dict, runs: dict, shares: dict, times: dict, torch):
+    """Write the Markdown tables of what is measured so far (and print them)."""
+    median = {k: statistics.median(v) for k, v in times.items() if v}
     lines = [
-        "# Rerank: one query x 100 passages, and many queries x 100 (bench/rerank_bench.py)", "",
+        "# Rerank: shared prefix against whole pairs and peers (bench/rerank_bench.py)", "",
         f"Random weights, Qwen3-Reranker-0.6B shape (28 layers, hidden 1024, 151,669-row tied head), 8,000-entry "
-        f"BPE tokenizer; passages from "
-        f"mlx_qwen3_embed/data/calibration; {platform.machine()}, {os.cpu_count()} cores, MLX CPU backend with "
-        f"OpenBLAS; torch {torch.__version__}. Median of {options.rounds} round(s) after a warm-up on 8 pairs; "
-        "the many-query run once. "
-        f"1 x {options.passages}: {tokens_one} tokens; {n_queries} x {options.passages}: "
-        f"{tokens_many} tokens.", "",
-        f"| system | 1 x {options.passages}: latency | pairs/s | tokens/s |"
-        + (f" {n_queries} x {options.passages}: time | pairs/s | tokens/s |" if n_queries > 1 else ""),
-        "|---|---|---|---|" + ("---|---|---|" if n_queries > 1 else "")]
-    for name, (one, many) in rows.items():
-        lines.append(f"| {name} | "
-                     + (f"{one:.2f} s | {n_one / one:.2f} | {tokens_one / one:.0f} |" if one else "not run | | |")
-                     + ("" if n_queries == 1 else f" {many:.1f} s | {n_many / many:.2f} | {tokens_many / many:.0f} |"
-                        if many else " not run | | |"))
+        f"BPE tokenizer; passages from mlx_qwen3_embed/data/calibration; {platform.machine()}, {os.cpu_count()} "
+        f"cores, MLX CPU backend with OpenBLAS; torch {torch.__version__}. All systems in one process (llama.cpp "
+        f"as a local server), in alternating rounds after a warm-up on 8 pairs: median of {options.rounds} "
+        f"round(s), the many-query run {options.many_rounds}. The instruction is the card's default.", "",
+        "| workload | pairs | tokens | in a shared prefix | left to compute with sharing |", "|---|---|---|---|---|"]
+    for name, work in runs.items():
+        tokens, in_prefix, left = shares[name]
+        lines.append(f"| {name} | {sum(len(d) for _, d in work)} | {tokens} | {in_prefix:.1%} | {left:.1%} |")
+    lines += ["", "| system | " + " | ".join(f"{name}: time | pairs/s" for name in runs) + " |",
+              "|---|" + "---|---|" * len(runs)]
+    for key, (label, _) in systems.items():
+        cells = []
+        for name, work in runs.items():
+            t = median.get((key, name))
+            cells.append(f"{t:.2f} s | {sum(len(d) for _, d in work) / t:.2f}" if t else "not run |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    ratios = []
+    for key in ("whole", "st", "llama.cpp"):
+        if key in systems:
+            row = [f"{median[key, n] / median['shared', n]:.2f}x" if ("shared", n) in median and (key, n) in median
+                   else "" for n in runs]
+            ratios.append(f"| shared prefix / {key} | " + " | ".join(row) + " |")
+    if "shared" in systems and ratios:
+        lines += ["", "| pairs/s ratio | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs), *ratios]
     Path(options.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 

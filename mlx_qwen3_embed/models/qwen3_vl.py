@@ -13,7 +13,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .args import ModelArgs
-from .qwen3 import Attention, Block, Kernels, Qwen3, Rows
+from .qwen3 import Attention, Block, Kernels, PrefixCache, Qwen3, Rows
 
 
 @dataclass
@@ -251,7 +251,8 @@ class MRows(Rows):
 
 
 class MRoPEAttention(Attention):
-    """Qwen3's attention; rotary angles come from each token's 3-axis position, not from its column."""
+    """Qwen3's attention; rotary angles come from each token's 3-axis position, not from its column (so rows.offset,
+    a shared prefix's length, is already in them)."""
 
     def rotate(self, x: mx.array, rows: Rows, last: bool = False) -> mx.array:
         cos, sin = rows.cos, rows.sin
@@ -276,12 +277,14 @@ class TextModel(Qwen3):
         self.layers = [VLBlock(args, kernels) for _ in range(args.num_hidden_layers)]
 
     def forward(self, input_ids: mx.array, rows: MRows, visual: Optional[tuple] = None, *, last: bool = False,
-                keep: Optional[int] = None, checkpoint: bool = False) -> mx.array:
+                keep: Optional[int] = None, checkpoint: bool = False,
+                cache: Optional[list[PrefixCache]] = None) -> mx.array:
         """input_ids (B, L) right-padded -> final-normed hidden states as (T, D) rows, or with `last` each
         item's last token (B, D). visual: (visual_rows (V,), tokens (V, D), deepstack [(V, D), ...]) with the
         token rows of the image/video placeholders. keep=k: the hidden states after k blocks instead (0: the
         embeddings), not normed, with deepstack added only after block k (as transformers reports them).
-        checkpoint: each block recomputed in the backward pass (DWQ training)."""
+        checkpoint: each block recomputed in the backward pass (DWQ training). cache: as Qwen3.blocks' (a
+        shared prefix's keys and values; the rows' rotary angles then hold the positions after it)."""
         h = self.embed_tokens(rows.pack(input_ids))
         after = None
         if visual is not None:
@@ -292,7 +295,7 @@ class TextModel(Qwen3):
                 if i < len(deepstack) and not (keep is not None and i == keep - 1):
                     return h.at[where].add(deepstack[i].astype(h.dtype))
                 return h
-        h = self.blocks(h, rows, last=last, stop=keep, checkpoint=checkpoint, after=after)
+        h = self.blocks(h, rows, last=last, stop=keep, checkpoint=checkpoint, after=after, cache=cache)
         return self.norm(h) if keep is None else h
 
 

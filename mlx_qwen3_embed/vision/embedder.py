@@ -315,8 +315,10 @@ class VLEmbedder:
             vision = (mx.array(np.concatenate([v.pixels for v in patches])), [v.grid for v in patches], where)
         return mx.array(input_ids), lengths, rows, vision
 
-    def _forward(self, batch: list[Prepared]) -> mx.array:
-        """Prepared items -> pooled (B, D) hidden states, as a lazy graph."""
+    def _forward(self, batch: list[Prepared], cache: Optional[list] = None) -> mx.array:
+        """Prepared items -> pooled (B, D) hidden states, as a lazy graph. cache (pooling "last" at the final
+        layer, the reranker's): a shared prefix's PrefixCaches, which the items continue (their positions those
+        after it), or empty ones that the prefix's own pass fills."""
         input_ids, lengths, rows, vision = self.layout(batch)
         visual = None
         if vision is not None:
@@ -327,7 +329,7 @@ class VLEmbedder:
         index = self.layer if self.layer is None or self.layer >= 0 else n + 1 + self.layer
         keep = None if index is None or index == n else index
         if self.pooling == "last" and keep is None:
-            return lm.forward(input_ids, rows, visual, last=True)
+            return lm.forward(input_ids, rows, visual, last=True, cache=cache)
         hidden = rows.pad(lm.forward(input_ids, rows, visual, keep=keep)).astype(mx.float32)
         return _pooling.pool(hidden, mx.array(lengths), self.pooling)
 

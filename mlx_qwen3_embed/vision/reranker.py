@@ -7,6 +7,11 @@ a fixed system turn; a user turn holding "<Instruct>: {instruction}", "<Query>:"
 text, "\\n<Document>:", the document's; the chat template with the generation prompt. The whole text is tokenized
 at once (as its processor does), and the score is sigmoid(h . (W[yes] - W[no])), h the final-normed hidden state
 of the last token, W the LM head's rows of the tokenizer's own "yes" and "no".
+
+Pairs that start with the same tokens (system turn, instruction, query) share their keys and values, computed
+once per group as the text reranker's are (reranker.py). Equal placeholder ids may stand for different pixels, so
+vision tokens count as equal only when they are the same image or video object: a query read once (`score`, or
+one query item in many pairs) shares its images too; documents' images follow the shared prefix.
 """
 
 from typing import Any, Callable, Optional, Sequence
@@ -14,12 +19,13 @@ from typing import Any, Callable, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from ..batching import run_batches
+from ..batching import by_shared_prefix, run_batches
 from ..checks import check_int, check_top_n, ranked, sigmoid
 from ..checkpoint import Checkpoint
 from ..checkpoint.vl_weights import load_vl_model, plan_vl_memory, read_vl_config, read_vl_head_rows
 from ..contracts import RerankModel
 from ..device import check_batch_tokens, plan
+from ..models.qwen3 import PrefixCache
 from ..tokenizer import read_tokenizer
 from .embedder import Part, Prepared, VLEmbedder
 
@@ -40,6 +46,8 @@ class VLReranker:
         tokenizer = embedder._tokenizer
         # the recipe's truncation keeps every special token (its tokenizer's all_special_ids, vision pads included)
         self.special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        self.vision_ids = (self.args.image_token_id, self.args.video_token_id)
+        self.share_prefix = True  # False: every pair runs whole (the path before shared prefixes; for the bench)
         self.max_length = self._max_length(max_length)
 
     def prepare_pairs(self, pairs: Sequence[tuple[Any, Any]], *, instruction: Optional[str] = None,
@@ -80,17 +88,55 @@ class VLReranker:
                        raw: bool = False) -> np.ndarray:
         """Prepared pairs -> float32 (N,): P("yes"), or with `raw` the logit yes - no.
 
-        Packed by token count (image tokens included) under the token budget, right-padded, read at each pair's
-        own last token (VLEmbedder's layout): a score does not depend on what it was batched with.
+        Pairs sharing their first tokens (and images) run that prefix once, then the rest against its keys and values
+        (Reranker.score_ids); each run is packed by token count (image tokens included) under the token budget,
+        right-padded, read at each pair's own last token (VLEmbedder's layout): a score does not depend on what
+        it was batched with.
         """
         check_batch_tokens(batch_tokens)
-        logits = run_batches(prepared, self._logits, np.empty(len(prepared), dtype=np.float32), self.device,
-                             batch_tokens=batch_tokens, name=self.name, what="scores")
+        marks: dict[int, int] = {}
+        heads = [self._head(p, marks) for p in prepared] if self.share_prefix else None
+
+        def whole(pairs: list) -> np.ndarray:
+            return run_batches(pairs, self._logits, np.empty(len(pairs), np.float32), self.device,
+                               batch_tokens=batch_tokens, name=self.name, what="scores")
+
+        logits = by_shared_prefix(prepared, heads, lambda group, P: self._shared_logits(group, P, batch_tokens),
+                                  whole)
         return logits if raw else sigmoid(logits)
 
-    def _logits(self, batch: list[Prepared]) -> mx.array:
-        """Prepared pairs -> (B,) float32 logit yes - no, as a lazy graph."""
-        hidden = self.embedder._forward(batch).astype(mx.float32)  # (B, D): final-normed, each pair's last token
+    def _head(self, p: Prepared, marks: dict[int, int]) -> list[int]:
+        """What a pair may share, all but its last token: its ids, each vision token replaced by a mark of the
+        image or video it stands for (marks: id(Patches) -> a negative number, one per object)."""
+        owners = iter([marks.setdefault(id(v), -1 - len(marks)) for v in p.visuals for _ in range(v.tokens)])
+        return [next(owners) if t in self.vision_ids else t for t in p.ids[:-1]]
+
+    def _split(self, p: Prepared, shared: int) -> tuple[list, list]:
+        """p's images and videos before token `shared` and after it (a shared prefix never ends inside one)."""
+        inside = sum(1 for t in p.ids[:shared] if t in self.vision_ids)
+        k = 0
+        while inside > 0:
+            inside -= p.visuals[k].tokens
+            k += 1
+        return p.visuals[:k], p.visuals[k:]
+
+    def _shared_logits(self, prepared: list[Prepared], shared: int, batch_tokens: Optional[int]) -> np.ndarray:
+        """Pairs whose first `shared` tokens (and images) are the same -> (N,) float32 logits: that prefix once,
+        then the rest at their own positions (those of the whole pair: Prepared's are absolute)."""
+        first = prepared[0]
+        cache = [PrefixCache() for _ in self.embedder.model.language_model.layers]
+        with mx.stream(self.device.stream):
+            prefix = Prepared(first.ids[:shared], first.positions[:, :shared], self._split(first, shared)[0])
+            self.embedder._forward([prefix], cache)
+            mx.eval([(c.keys, c.values) for c in cache])
+        rests = [Prepared(p.ids[shared:], p.positions[:, shared:], self._split(p, shared)[1]) for p in prepared]
+        return run_batches(rests, lambda batch: self._logits(batch, cache), np.empty(len(rests), np.float32),
+                           self.device, batch_tokens=batch_tokens, name=self.name, what="scores",
+                           sizes=[shared + len(r) for r in rests])
+
+    def _logits(self, batch: list[Prepared], cache: Optional[list] = None) -> mx.array:
+        """Prepared pairs (or what follows the prefix in `cache`) -> (B,) float32 logit yes - no, as a lazy graph."""
+        hidden = self.embedder._forward(batch, cache).astype(mx.float32)  # (B, D): final-normed, each last token
         no_yes = hidden @ self.head.T  # (B, 2): two rows of the head, never the 151k-row projection
         return no_yes[:, 1] - no_yes[:, 0]
 
