@@ -6,6 +6,7 @@ were cut."""
 import json
 
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from jsonschema import Draft202012Validator
 
@@ -81,9 +82,11 @@ def stopped(embedder):
         yield c
 
 
-def test_the_document_lists_exactly_the_routes_tested(document):
+def test_the_document_lists_exactly_the_routes_served_and_tested(app, document):
     listed = {(method, path) for path, operations in document["paths"].items() for method in operations}
-    assert listed == set(CASES)
+    served = {(method.lower(), route.path) for route in app.routes if isinstance(route, APIRoute)
+              for method in route.methods}
+    assert listed == served == set(CASES)
 
 
 @pytest.mark.parametrize("method,path", list(CASES), ids=[f"{m} {p}" for m, p in CASES])
@@ -145,6 +148,18 @@ def test_the_width_header_is_the_requested_dimensions(client):
         assert response.headers[schema.DIMENSIONS] == "16"
         assert len(_vectors(path, response.json())[0]) == 16
     assert response.headers[schema.NORMALIZED] == "false"
+
+
+@pytest.mark.parametrize("path,body", [("/v1/embeddings", {"input": SHORT}), ("/api/embed", {"input": SHORT}),
+                                       ("/api/embeddings", {"prompt": SHORT}), ("/embed", {"inputs": SHORT})])
+def test_the_model_header_names_the_model_picked_and_an_unknown_one_is_a_documented_404(embedder, path, body):
+    with TestClient(create_app({"live": embedder, "index": embedder})) as several:
+        document = several.get("/openapi.json").json()
+        assert several.post(path, json=body | {"model": "index"}).headers[schema.MODEL] == "index"
+        assert several.post(path, json=body).headers[schema.MODEL] == "live"  # none named: the first
+        response = several.post(path, json=body | {"model": "other"})
+    assert response.status_code == 404 and "live, index" in response.text
+    _check_answer(document, document["paths"][path]["post"]["responses"]["404"], response)
 
 
 def test_browsers_may_read_the_headers_across_origins(client):
