@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..checks import check_int
 from ..contracts import EmbeddingModel, RerankModel
 from ..vision import remote
-from . import ollama, openai, rerank, tei
+from . import ollama, openai, rerank, schema, tei
 from .errors import ApiError, error_response, internal_error
 from .items import MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS, VIDEO_TIMEOUT, VideoLimits
 from .limits import RequestLimits, Utf8JsonRoute
@@ -155,7 +155,7 @@ def create_app(embedder: Union[EmbeddingModel, Mapping[str, EmbeddingModel], Non
                       max_chars=max_request_bytes,
                       allow_remote_images=remote_images, video_limits=video_limits)
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"model": Health}, 503: {"model": Health, "description": "the worker stopped"}})
     async def health(request: Request):
         alive = served.alive
         body = {"status": "ok" if alive else "worker stopped"}
@@ -165,19 +165,30 @@ def create_app(embedder: Union[EmbeddingModel, Mapping[str, EmbeddingModel], Non
             body |= {"models": served.names} if len(served.names) > 1 else {}
         return JSONResponse(body, status_code=200 if alive else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses=schema.responses("/metrics", None, media_type=CONTENT_TYPE.split(";")[0]))
     async def prometheus():
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     # outermost last: RequestLimits sees every request first, CORS answers preflights before the key is asked
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "HEAD"],
-                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=list(schema.EXPOSED),
+                           max_age=600)
     public = ("/health", "/metrics") if public_metrics else ("/health",)
     app.add_middleware(AuthorizeAndCount, api_key=api_key, metrics=metrics, public=public)
     app.add_middleware(RequestLimits, max_request_bytes=max_request_bytes, body_timeout=body_timeout,
                        count=lambda path, status: metrics.count(path if path in KNOWN_PATHS else "other", status))
     return app
+
+
+class Health(schema.Answer):
+    """/health: its status for anyone; the rest only for callers holding the key (`models`: several served)."""
+    status: str
+    model: Optional[str] = None
+    queue: Optional[int] = None
+    max_queue: Optional[int] = None
+    models: Optional[list[str]] = None
 
 
 class AuthorizeAndCount:

@@ -81,14 +81,14 @@ def too_long(message: str, param: str) -> ApiError:
 
 
 def fit(prepare: Callable[..., list], inputs: list, limit: int, *, truncate: bool,
-        param: str = "input") -> tuple[list, int]:
-    """Inputs -> (prepared inputs of at most `limit` tokens, how many were cut). prepare(inputs, max_length=,
+        param: str = "input") -> tuple[list, list[int]]:
+    """Inputs -> (prepared inputs of at most `limit` tokens, the indices of those cut). prepare(inputs, max_length=,
     truncate=) is the model's, so its bound on the work per input holds (a text surely too long is refused by its
     characters; a cut one is read only as far as the limit needs); over-long without `truncate`, or an input that
     cannot be cut (a Qwen3-VL item's image tokens), is a 400 context_length_exceeded naming it."""
     try:
         if not truncate:
-            return prepare(inputs, max_length=limit, truncate=False), 0
+            return prepare(inputs, max_length=limit, truncate=False), []
         # one token of room beyond the limit tells exactly which inputs were cut
         prepared = prepare(inputs, max_length=limit + 1, truncate=True)
     except UnicodeError:  # a lone surrogate: app.py answers 400 naming it
@@ -101,13 +101,13 @@ def fit(prepare: Callable[..., list], inputs: list, limit: int, *, truncate: boo
             prepared[i] = prepare([inputs[i]], max_length=limit, truncate=True)[0]
         except ValueError as e:  # it cannot be cut (a Qwen3-VL item's image tokens)
             raise too_long(f"{param}[{i}]: {named(str(e), param).removeprefix(f'{param}[0] ')}", param) from None
-    return prepared, len(over)
+    return prepared, over
 
 
 def prepare(model: EmbeddingModel, inputs: list[Any], *, truncate: bool, direction: str = "right",
             instruction: Optional[str] = None, prompt_name: Optional[str] = None, param: str = "input",
-            max_chars: Optional[int] = None) -> tuple[list, int]:
-    """Inputs (texts, or Qwen3-VL items) -> (prepared inputs, how many were cut to max_length); `direction`
+            max_chars: Optional[int] = None) -> tuple[list, list[int]]:
+    """Inputs (texts, or Qwen3-VL items) -> (prepared inputs, the indices of those cut to max_length); `direction`
     "left" keeps the end (TEI's truncation_direction). Refusals are ApiErrors naming `param[i]`; max_chars: the
     request's work bound (check_work)."""
     check_prompt(prompt_name, model)
@@ -120,7 +120,7 @@ def prepare(model: EmbeddingModel, inputs: list[Any], *, truncate: bool, directi
                inputs, model.max_length, truncate=truncate, param=param)
 
 
-async def prepare_off_loop(model: EmbeddingModel, inputs: list[Any], **options) -> tuple[list, int]:
+async def prepare_off_loop(model: EmbeddingModel, inputs: list[Any], **options) -> tuple[list, list[int]]:
     """`prepare` in a worker thread: tokenizing never runs on the event loop, so /health and every other client
     are answered while a big request is read."""
     return await run_in_threadpool(functools.partial(prepare, model, inputs, **options))

@@ -1,7 +1,8 @@
 """The server's Prometheus metrics, one prometheus_client registry per app (two apps in a process never mix).
 
-Names and meanings: requests by path and status, inputs and tokens embedded, inputs a dialect truncated by its
-own default (Ollama cuts silently; we count it), the worker's packed calls and queue, latency histograms.
+Names and meanings: requests by path and status, inputs and tokens embedded, inputs cut to max_length by dialect
+(Ollama cuts by default; we count it, and the answers name them: serve/schema.py), the worker's packed calls and
+queue, latency histograms.
 """
 
 from typing import Callable, Optional
@@ -23,8 +24,8 @@ class Metrics:
         self.inputs = Counter("mlx_embed_inputs", "Inputs (texts or token lists) embedded.", registry=r)
         self.prompt_tokens = Counter("mlx_embed_prompt_tokens", "Tokens embedded (usage.prompt_tokens summed).",
                                      registry=r)
-        self.truncated = Counter("mlx_embed_truncated_inputs", "Inputs cut to max_length because the API's "
-                                 "default truncates (Ollama's truncate=true).", ("api",), registry=r)
+        self.truncated = Counter("mlx_embed_truncated_inputs", "Inputs cut to max_length (the request's truncate, "
+                                 "or Ollama's default truncate=true), by API dialect.", ("api",), registry=r)
         self.batches = Counter("mlx_embed_batches", "Packed model calls made by the worker.", registry=r)
         self.cancelled = Counter("mlx_embed_cancelled_requests", "Requests dropped by the worker: their client "
                                  "hung up.", registry=r)

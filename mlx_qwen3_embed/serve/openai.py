@@ -6,7 +6,7 @@ queues), then hand the ids to the BatchWorker of the model the request names (mo
 
 import base64
 import json
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 from fastapi import FastAPI
@@ -15,10 +15,11 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
 from ..contracts import EmbeddingModel
-from . import jobs, quantized
+from . import jobs, quantized, schema
 from .errors import ApiError
 from .items import VideoLimits, read_media
 from .models import Served
+from .schema import Answer
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 EMBEDDING_PATHS = ("/v1/embeddings", "/embeddings")
@@ -30,7 +31,14 @@ FOREIGN_IDS_FIX = ("token ids from another tokenizer (LangChain's OpenAIEmbeddin
 class EmbeddingRequest(BaseModel):
     """OpenAI's embeddings request, plus `instruction`, `prompt_name`, `truncate`, `precision` and `ranges` (OpenAI's
     schema lacks them)."""
-    input: Any = Field(..., description="a string, a list of strings, a list of token ids, or a list of such lists")
+    input: Any = Field(..., description="a string, a list of strings, a list of token ids, or a list of such lists "
+                                        "(a Qwen3-VL model: also items {text, image, video} or a list of them)",
+                       json_schema_extra={"anyOf": [
+                           {"type": "string"}, {"type": "array", "items": {"type": "string"}},
+                           {"type": "array", "items": {"type": "integer"}},
+                           {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+                           {"type": "object"}, {"type": "array", "items": {"anyOf": [{"type": "string"},
+                                                                                    {"type": "object"}]}}]})
     model: Optional[StrictStr] = None
     dimensions: Optional[StrictInt] = Field(None, description="Matryoshka size: first values, re-normalised")
     encoding_format: Literal["float", "base64"] = "float"
@@ -42,6 +50,42 @@ class EmbeddingRequest(BaseModel):
                                                              "(sentence-transformers' quantize_embeddings)")
     ranges: Optional[list[list[float]]] = Field(None, description="int8/uint8: [[min...], [max...]] per dimension")
 
+
+class Embedding(Answer):
+    object: Literal["embedding"]
+    index: int
+    embedding: Union[list[float], str] = Field(..., description="the vector; base64: its little-endian float32 "
+                                                                "bytes; int8..ubinary: integers")
+
+
+class Usage(Answer):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(Answer):
+    """/v1/embeddings' answer (`precision` and `ranges` only when the request gave a precision)."""
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: Usage
+    precision: Optional[str] = None
+    ranges: Optional[list[list[float]]] = Field(None, description="int8/uint8: the [[min...], [max...]] used")
+
+
+class ModelEntry(Answer):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    type: Literal["embedding", "reranker"]
+    dimensions: Optional[int] = None  # embedders only
+    max_length: int
+
+
+class ModelList(Answer):
+    object: Literal["list"]
+    data: list[ModelEntry]
 
 
 def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, max_chars: Optional[int] = None,
@@ -55,25 +99,27 @@ def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, max_ch
         embedder, worker, model_id = served.pick(body.model)
         dim = jobs.check_dimensions(body.dimensions, embedder.dim)
         # tokenizing and image decoding never run on the event loop
-        prepared = await run_in_threadpool(_prepare, embedder, body, max_inputs, allow_remote_images, video_limits,
-                                           max_chars)
+        prepared, cut = await run_in_threadpool(_prepare, embedder, body, max_inputs, allow_remote_images,
+                                                video_limits, max_chars)
         bounds = quantized.check(body.precision, body.ranges, dim, len(prepared))
         vectors = await jobs.run(worker, prepared, dim)
         tokens = sum(len(s) for s in prepared)
         metrics.embedded(len(prepared), tokens)
+        metrics.truncated.labels("openai").inc(len(cut))
         codes, bounds = quantized.quantize(vectors, body.precision, bounds)
         extra = {} if body.precision is None else {"precision": body.precision}
         extra |= {} if bounds is None else {"ranges": bounds.tolist()}
-        return Response(_encode(codes, body.encoding_format, model_id, tokens, extra),
-                        media_type="application/json")
+        return Response(_encode(codes, body.encoding_format, model_id, tokens, extra), media_type="application/json",
+                        headers=schema.said(model_id, embedder.pooling, dim, cut))
 
-    for path in EMBEDDING_PATHS:
-        app.post(path)(embeddings)
+    for path in EMBEDDING_PATHS:  # a raw Response, so the 200 is only declared: no re-validating big vectors
+        app.post(path, responses=schema.responses(path, EmbeddingResponse, schema.EMBED_ERRORS, embeds=True))(
+            embeddings)
 
 
 def add_models_route(app: FastAPI, entries: list[dict]):
     """`GET /v1/models`: every model the server holds (model_entry: the embedder and the reranker)."""
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=schema.responses("/v1/models", ModelList))
     async def models():
         return {"object": "list", "data": entries}
 
@@ -87,8 +133,9 @@ def model_entry(model_id: str, started: int, max_length: int, dimensions: Option
 
 
 def _prepare(model: EmbeddingModel, body: EmbeddingRequest, max_inputs: int, allow_remote: bool,
-             video_limits: VideoLimits, max_chars: Optional[int] = None) -> list:
-    """The request's `input` -> prepared inputs (texts, token-id lists, or Qwen3-VL items), or an ApiError."""
+             video_limits: VideoLimits, max_chars: Optional[int] = None) -> tuple[list, list[int]]:
+    """The request's `input` -> (prepared inputs (texts, token-id lists, or Qwen3-VL items), the indices of those
+    cut), or an ApiError."""
     given = body.input
     if isinstance(given, (str, dict)) or (isinstance(given, list) and given and _is_ids(given)):
         data = [given]  # one string, one item, or one list of token ids, is one input
@@ -116,16 +163,15 @@ def _prepare(model: EmbeddingModel, body: EmbeddingRequest, max_inputs: int, all
     budget = video_limits.budget()  # shared by all the request's videos
     inputs = [read_media(x, i, allow_remote, "input", budget) if isinstance(x, dict) else x
               for i, x in enumerate(data)]
-    prepared, _ = jobs.prepare(model, inputs, truncate=body.truncate, instruction=body.instruction,
-                               prompt_name=body.prompt_name)
-    return prepared
+    return jobs.prepare(model, inputs, truncate=body.truncate, instruction=body.instruction,
+                        prompt_name=body.prompt_name)
 
 
 def _is_ids(x: Any) -> bool:
     return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
 
 
-def _prepare_ids(model: EmbeddingModel, body: EmbeddingRequest, sequences: list[list[int]]) -> list:
+def _prepare_ids(model: EmbeddingModel, body: EmbeddingRequest, sequences: list[list[int]]) -> tuple[list, list[int]]:
     if body.instruction is not None or body.prompt_name is not None:
         param = "instruction" if body.instruction is not None else "prompt_name"
         raise ApiError(f"{param} applies to text input only: put the prompt's tokens in the ids yourself",
@@ -134,15 +180,14 @@ def _prepare_ids(model: EmbeddingModel, body: EmbeddingRequest, sequences: list[
     if empty is not None:
         raise ApiError(f"input[{empty}] is an empty token list", "input", "empty_input")
     try:
-        prepared, _ = jobs.fit(lambda xs, **kw: model.prepare_ids(xs, own=True, **kw), sequences, model.max_length,
-                               truncate=body.truncate)
+        return jobs.fit(lambda xs, **kw: model.prepare_ids(xs, own=True, **kw), sequences, model.max_length,
+                        truncate=body.truncate)
     except ApiError as e:
         if "not a token id" in e.message:
             raise ApiError(f"{e.message}; {FOREIGN_IDS_FIX}", "input", "invalid_value") from None
         if "not this model's token ids" in e.message:
             raise ApiError(f"{e.message}; {FOREIGN_IDS_FIX}", "input", "foreign_token_ids") from None
         raise
-    return prepared
 
 
 def _encode(vectors: np.ndarray, encoding_format: str, model_id: str, tokens: int, extra: dict) -> bytes:

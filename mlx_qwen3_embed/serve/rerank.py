@@ -15,9 +15,10 @@ from starlette.concurrency import run_in_threadpool
 
 from ..checks import best_first, check_top_n, sigmoid
 from ..contracts import RerankModel
-from . import jobs
+from . import jobs, schema
 from .errors import COHERE_PATHS, TEI_RERANK_PATH, ApiError
 from .items import VideoLimits, read_media
+from .schema import Answer
 from .worker import BatchWorker
 
 RERANK_PATHS = COHERE_PATHS + (TEI_RERANK_PATH,)
@@ -46,6 +47,52 @@ class TeiRequest(BaseModel):
     # the card's template cuts the document's end (the pair's start holds the query): only TEI's default is possible
     truncation_direction: Literal["Right", "right"] = "Right"
     instruction: Optional[StrictStr] = None
+
+
+class CohereResult(Answer):
+    index: int
+    relevance_score: float
+    document: Optional[dict[str, Any]] = Field(None, description='{"text": ...}, or the request\'s image or video '
+                                                                  "object; with return_documents")
+
+
+class CohereUsage(Answer):
+    total_tokens: int
+    prompt_tokens: int
+
+
+class ApiVersion(Answer):
+    version: str
+
+
+class BilledUnits(Answer):
+    search_units: int
+
+
+class MetaTokens(Answer):
+    input_tokens: int
+    output_tokens: int
+
+
+class CohereMeta(Answer):
+    api_version: ApiVersion
+    billed_units: BilledUnits
+    tokens: MetaTokens
+
+
+class CohereResponse(Answer):
+    """Cohere's rerank answer (Jina's on /v1: `usage`), best first."""
+    id: str
+    results: list[CohereResult]
+    model: str
+    usage: CohereUsage
+    meta: CohereMeta
+
+
+class TeiRank(Answer):
+    index: int
+    score: float
+    text: Optional[str] = None  # with return_text
 
 
 def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorker, metrics, *, model_id: str,
@@ -112,15 +159,15 @@ def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorke
                 "meta": {"api_version": {"version": version}, "billed_units": {"search_units": 1},
                          "tokens": {"input_tokens": tokens, "output_tokens": 0}}}
 
-    @app.post("/v1/rerank")
+    @app.post("/v1/rerank", responses=schema.responses("/v1/rerank", CohereResponse, schema.EMBED_ERRORS))
     async def cohere_v1(body: CohereRequest):
         return await cohere(body, "1")
 
-    @app.post("/v2/rerank")
+    @app.post("/v2/rerank", responses=schema.responses("/v2/rerank", CohereResponse, schema.EMBED_ERRORS))
     async def cohere_v2(body: CohereRequest):
         return await cohere(body, "2")
 
-    @app.post(TEI_RERANK_PATH)
+    @app.post(TEI_RERANK_PATH, responses=schema.responses(TEI_RERANK_PATH, list[TeiRank], schema.EMBED_ERRORS))
     async def tei(body: TeiRequest):
         media = [(i, k) for i, t in enumerate(body.texts) if isinstance(t, dict) for k in MEDIA if k in t]
         if media:

@@ -8,20 +8,21 @@ to true; errors are {"error", "error_type"} (serve/errors.py renders them). TEI 
 
 from typing import Literal, Optional, Union
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from pydantic import BaseModel, StrictBool, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
-from . import jobs, quantized
+from . import jobs, quantized, schema
 from .errors import ApiError
 from .models import Served
+from .schema import Answer
 
 EMBED_PATHS = ("/", "/embed")
 PATHS = EMBED_PATHS + ("/tokenize", "/info")
 
 
-class EmbedRequest(BaseModel):
+class TeiEmbedRequest(BaseModel):
     """TEI's /embed body."""
     inputs: Union[StrictStr, list[StrictStr]]
     normalize: StrictBool = True
@@ -41,28 +42,63 @@ class TokenizeRequest(BaseModel):
     model: Optional[StrictStr] = None
 
 
+class Token(Answer):
+    id: int
+    text: str
+    special: bool
+    start: Optional[int]  # character offsets in the prompted text; None for the special token
+    stop: Optional[int]
+
+
+class EmbeddingModelType(Answer):
+    pooling: str
+
+
+class ModelType(Answer):
+    embedding: EmbeddingModelType
+
+
+class Info(Answer):
+    """TEI's /info, plus `models`: every model served (the fields describe the default, the first)."""
+    model_id: str
+    model_sha: Optional[str]
+    model_dtype: str
+    model_type: ModelType
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    models: list[str]
+
+
 def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, max_chars: Optional[int] = None):
     """Register the TEI routes on `app` for the `served` models."""
 
-    async def embed(body: EmbedRequest) -> list[list[Union[float, int]]]:  # ints: compact precisions
-        embedder, worker, _ = served.pick(body.model)
+    async def embed(body: TeiEmbedRequest, response: Response) -> list[list[Union[float, int]]]:  # ints: precisions
+        embedder, worker, model_id = served.pick(body.model)
         texts = _texts(body.inputs, max_inputs)
         dim = _dimensions(body.dimensions, embedder.dim)
         bounds = quantized.check(body.precision, body.ranges, dim, len(texts))
         try:
-            sequences, _ = await jobs.prepare_off_loop(embedder, texts, prompt_name=body.prompt_name,
-                                                       truncate=body.truncate, max_chars=max_chars,
-                                                       direction=body.truncation_direction.lower())
+            sequences, cut = await jobs.prepare_off_loop(embedder, texts, prompt_name=body.prompt_name,
+                                                         truncate=body.truncate, max_chars=max_chars,
+                                                         direction=body.truncation_direction.lower())
         except ApiError as e:
             raise ApiError(f"Input validation error: {e.message}", e.param, e.code, status=413) from None
         vectors = await jobs.run(worker, sequences, dim, body.normalize)
         metrics.embedded(len(sequences), sum(len(s) for s in sequences))
+        metrics.truncated.labels("tei").inc(len(cut))
+        response.headers.update(schema.said(model_id, embedder.pooling, dim, cut, body.normalize))
         return quantized.quantize(vectors, body.precision, bounds)[0].tolist()  # ints for int8..ubinary
 
     for path in EMBED_PATHS:
-        app.post(path)(embed)
+        app.post(path, responses=schema.responses(path, None, schema.EMBED_ERRORS, embeds=True))(embed)
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", responses=schema.responses("/tokenize", list[list[Token]], schema.BODY_ERRORS))
     async def tokenize(body: TokenizeRequest):
         embedder, _, _ = served.pick(body.model)
         texts = _texts(body.inputs, max_inputs)
@@ -85,7 +121,7 @@ def add_routes(app: FastAPI, served: Served, metrics, *, max_inputs: int, max_ch
         # a token a dict: never on the event loop
         return await run_in_threadpool(tokens)
 
-    @app.get("/info")
+    @app.get("/info", responses=schema.responses("/info", Info))
     async def info():
         embedder, worker, model_id = served.pick(None)  # TEI's fields describe the default model
         return {"model_id": model_id, "model_sha": None, "model_dtype": str(embedder.device.dtype).split(".")[-1],
