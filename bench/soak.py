@@ -3,12 +3,15 @@
 Each client loops over requests drawn from a fixed mix: normal ones (1-4 short texts; their latency is measured),
 over-long texts without truncation (400), bodies over the cap (413), malformed ones (bad JSON, lone surrogates,
 wrong types: 400), big requests whose client hangs up 50-1000 ms after sending them (in the handler or inside
-the worker), and stalled bodies (408 after
---body-timeout). Every answer is counted by kind and status; anything else (a 5xx, a wrong status, a broken
-connection where an answer was due) is an error. The server's RSS is sampled every 10 s. Prints Markdown:
+the worker), stalled bodies (408 after --body-timeout), small bodies that ask for much work (issue #26: a long
+rerank query x 2048 documents, an instruction x 2048 inputs, near-cap /tokenize and /embed bodies: 413), and
+near-cap /api/embed bodies, which Ollama's default truncation makes one max_length input each (200).
+Every answer is counted by kind and status; anything else (a 5xx, a wrong status, a broken connection where an
+answer was due) is an error. The server's RSS is sampled every 10 s. Prints Markdown:
 
     python bench/soak.py                    # 32 clients, 600 s, 0.6B-wide random model with 4 layers
     python bench/soak.py --seconds 60 --out /tmp/soak.md
+    python bench/soak.py --kinds normal --seconds 180     # the quiet run: normal requests only, for their p99
 
 Needs the `test` extra (torch writes the checkpoint). Not a test: timings depend on the machine.
 """
@@ -35,55 +38,70 @@ sys.path.insert(0, str(ROOT / "bench"))
 from server_bench import WIDTH_06B, TOPICS, free_port, rss_mib, server_env  # noqa: E402
 
 CAP = 1 << 20  # --max-request-bytes for the soak: 1 MiB
-MIX = {"normal": 60, "overlong": 8, "oversized": 5, "malformed": 12, "disconnect": 10, "stalled": 5}
+MIX = {"normal": 60, "overlong": 8, "oversized": 5, "malformed": 12, "disconnect": 10, "stalled": 5, "costly": 8,
+       "truncated": 2}
 EXPECTED = {"normal": {200}, "overlong": {400}, "oversized": {413}, "malformed": {400}, "disconnect": {None},
-            "stalled": {408}}
+            "stalled": {408}, "costly": set(), "truncated": {200}}  # a costly body's status is its own (COSTLY)
+NEAR_CAP = "lorem ipsum " * (CAP // 13)  # a text just under the body cap
+COSTLY = [  # (path, body, the one status it must get): refused before anything is tokenized
+    ("/v1/rerank", {"query": "q " * 10_000, "documents": ["d"] * 2048}, 413),  # the query read 2048 times
+    ("/v1/embeddings", {"input": ["a"] * 2048, "instruction": "x " * 4000}, 413),  # 16 MB to tokenize
+    ("/tokenize", {"inputs": NEAR_CAP}, 413),
+    ("/embed", {"inputs": NEAR_CAP}, 413),
+]
 MALFORMED = [b'{"input": ', b'{"input": "\\ud800"}', b'{"input": ["ok", "\\ud83d"]}', b'{"input": 3}',
              b'{"input": [[1.5]]}', b'{"input": "a", "dimensions": 0}', b'\xff\xfe', b'[]']
 
 
-def post(body: bytes, *, length: int | None = None) -> bytes:
-    return (f"POST /v1/embeddings HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\nConnection: close\r\n"
+def post(body: bytes, *, length: int | None = None, path: str = "/v1/embeddings") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\nConnection: close\r\n"
             f"Content-Length: {len(body) if length is None else length}\r\n\r\n").encode() + body
 
 
-def request_for(kind: str, rng: random.Random) -> tuple[bytes, bytes]:
-    """(bytes sent at once, bytes held back) for one request of `kind`."""
+def request_for(kind: str, rng: random.Random) -> tuple[bytes, set]:
+    """(the bytes sent, the statuses it may get) for one request of `kind`; a stalled one's last bytes never come."""
     if kind == "normal":
         texts = [f"what is {rng.choice(TOPICS)} {rng.randrange(1000)}?" for _ in range(rng.randint(1, 4))]
-        return post(json.dumps({"input": texts}).encode()), b""
+        return post(json.dumps({"input": texts}).encode()), EXPECTED[kind]
     if kind == "overlong":
-        return post(json.dumps({"input": "lorem ipsum " * 60_000}).encode()), b""
+        return post(json.dumps({"input": "lorem ipsum " * 60_000}).encode()), EXPECTED[kind]
     if kind == "oversized":
-        return post(b"", length=50 * CAP), b""  # answered from Content-Length, body never sent
+        return post(b"", length=50 * CAP), EXPECTED[kind]  # answered from Content-Length, body never sent
     if kind == "malformed":
-        return post(rng.choice(MALFORMED)), b""
+        return post(rng.choice(MALFORMED)), EXPECTED[kind]
+    if kind == "costly":
+        path, body, status = rng.choice(COSTLY)
+        return post(json.dumps(body).encode(), path=path), {status}
+    if kind == "truncated":  # Ollama truncates by default: a 1 MB text is one max_length (512-token) input
+        return post(json.dumps({"input": NEAR_CAP}).encode(), path="/api/embed"), EXPECTED[kind]
     if kind == "disconnect":
-        return post(json.dumps({"input": ["lorem ipsum dolor " * 150] * 64, "truncate": True}).encode()), b""
+        return post(json.dumps({"input": ["lorem ipsum dolor " * 150] * 64, "truncate": True}).encode()), EXPECTED[kind]
     body = post(json.dumps({"input": "never finished"}).encode())
-    return body[:-5], body[-5:]  # stalled: the last bytes never come
+    return body[:-5], EXPECTED[kind]
 
 
-async def one(port: int, kind: str, rng: random.Random) -> tuple[int | None, float]:
+async def one(port: int, kind: str, rng: random.Random) -> tuple[int | None, float, set]:
+    """One request of `kind`: (its status, None when the client hung up; seconds; the statuses it may get)."""
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        sent, _ = request_for(kind, rng)
+        sent, expected = request_for(kind, rng)
         writer.write(sent)
         await writer.drain()
         if kind == "disconnect":
             await asyncio.sleep(rng.uniform(0.05, 1.0))
-            return None, time.perf_counter() - start
+            return None, time.perf_counter() - start, expected
         data = await asyncio.wait_for(reader.read(), 120)
         status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else -1
-        return status, time.perf_counter() - start
+        return status, time.perf_counter() - start, expected
     finally:
         writer.close()
 
 
-async def soak(port: int, clients: int, seconds: float, seed: int) -> tuple[Counter, list[float], list[str]]:
+async def soak(port: int, clients: int, seconds: float, seed: int,
+               mix: dict) -> tuple[Counter, list[float], list[str]]:
     counts, latencies, errors = Counter(), [], []
-    kinds, weights = zip(*MIX.items())
+    kinds, weights = zip(*mix.items())
     stop = time.monotonic() + seconds
 
     async def client(c: int):
@@ -91,11 +109,11 @@ async def soak(port: int, clients: int, seconds: float, seed: int) -> tuple[Coun
         while time.monotonic() < stop:
             kind = rng.choices(kinds, weights)[0]
             try:
-                status, elapsed = await one(port, kind, rng)
+                status, elapsed, expected = await one(port, kind, rng)
             except (OSError, asyncio.TimeoutError, IndexError, ValueError) as e:
-                status, elapsed = f"{type(e).__name__}", 0.0
+                status, elapsed, expected = f"{type(e).__name__}", 0.0, EXPECTED[kind]
             counts[(kind, status)] += 1
-            if status not in EXPECTED[kind]:
+            if status not in expected:
                 errors.append(f"{kind}: {status}")
             elif kind == "normal":
                 latencies.append(elapsed)
@@ -117,7 +135,8 @@ async def sample_rss(pid: int, every: float, samples: list, done: asyncio.Event)
 async def run(port: int, pid: int, args) -> tuple:
     samples, done = [], asyncio.Event()
     sampler = asyncio.ensure_future(sample_rss(pid, 10.0, samples, done))
-    result = await soak(port, args.clients, args.seconds, args.seed)
+    mix = {kind: MIX[kind] for kind in args.kinds.split(",")}
+    result = await soak(port, args.clients, args.seconds, args.seed, mix)
     done.set()
     await sampler
     return (*result, samples)
@@ -129,17 +148,20 @@ def main():
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the 0.6B-wide random model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kinds", default=",".join(MIX), help=f"request kinds to mix (default all: {','.join(MIX)})")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
     args = parser.parse_args()
 
     from conftest import make_hub_checkpoint
+    from rerank_checkpoints import make_reranker_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         model = make_hub_checkpoint(Path(tmp) / "qwen3-0.6b-width", num_hidden_layers=args.layers, **WIDTH_06B)
+        reranker = make_reranker_checkpoint(Path(tmp) / "reranker-tiny")  # for the rerank routes' costly bodies
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-c", "from mlx_qwen3_embed.cli import app; app()", "serve", "--model", str(model),
-             "--port", str(port),
+             "--reranker", str(reranker), "--port", str(port),
              "--max-request-bytes", str(CAP), "--body-timeout", "2", "--header-timeout", "2",
              "--log-level", "warning"], env=server_env(), stderr=subprocess.PIPE)
         try:
@@ -165,9 +187,9 @@ def main():
 
 def markdown(args, counts, latencies, errors, samples, metrics, exit_code) -> str:
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
-    lines = [f"# Soak: {args.clients} clients, {args.seconds:g} s",
+    lines = [f"# Soak: {args.clients} clients, {args.seconds:g} s, kinds {args.kinds}",
              "", f"Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()}; "
-             f"server: 0.6B-wide random model, {args.layers} layers, fp32 CPU, OpenBLAS preloaded when installed; "
+             f"server: 0.6B-wide random model, {args.layers} layers (512 tokens), a tiny reranker, fp32 CPU, OpenBLAS preloaded when installed; "
              f"--max-request-bytes {CAP} --body-timeout 2 --header-timeout 2.", "",
              "| kind | status | count |", "|---|---|---|"]
     for (kind, status), n in sorted(counts.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
