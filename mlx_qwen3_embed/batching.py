@@ -44,7 +44,7 @@ def shared_prefixes(heads: Sequence[Sequence[int]], least: int = MIN_SHARED) -> 
     order = sorted(range(len(heads)), key=lambda i: list(heads[i]))
     stack = [[0, 0, []]]  # open runs, outermost first: [tokens shared, first sorted position, closed sub-runs]
     for k in range(1, len(order) + 1):
-        shared = _common(heads[order[k - 1]], heads[order[k]]) if k < len(order) else 0
+        shared = common_prefix(heads[order[k - 1]], heads[order[k]]) if k < len(order) else 0
         first, closed = k - 1, (0, [], [k - 1], 0, k - 1, k)  # sequence k - 1 alone, as a run of one
         while shared < stack[-1][0]:  # runs sharing more than `shared` end at sequence k - 1
             stack[-1][2].append(closed)
@@ -92,7 +92,7 @@ def _close(shared: int, runs: list, least: int, first: int, end: int) -> tuple:
     return saving, groups, free, shared, first, end
 
 
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading tokens a and b share."""
     n = min(len(a), len(b))
     i = 0

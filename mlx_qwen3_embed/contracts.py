@@ -91,6 +91,10 @@ class RerankModel(Protocol):
                        raw: bool = False) -> np.ndarray:
         """Prepared pairs -> float32 (N,): P("yes"), or with `raw` the logit yes - no."""
 
+    def heads(self, prepared: list) -> Optional[list]:
+        """What each prepared pair may share with others (score_prepared runs a shared start once), or None when
+        nothing is shared."""
+
     def score(self, query: Any, documents: Sequence[Any], *, instruction: Optional[str] = None,
               batch_tokens: Optional[int] = None) -> np.ndarray:
         """Each document against one query -> P("yes") (N,), in the documents' order."""

@@ -136,7 +136,7 @@ class Reranker:
         batched with.
         """
         check_batch_tokens(batch_tokens)
-        heads = [s[:-1] for s in sequences] if self.share_prefix else None  # the scored last token is never shared
+        heads = self.heads(sequences)
 
         def whole(pairs: list) -> np.ndarray:
             return run_batches(pairs, padded(self._logits, self.tokenizer.eos_id), np.empty(len(pairs), np.float32),
@@ -147,6 +147,10 @@ class Reranker:
         return logits if raw else sigmoid(logits)
 
     score_prepared = score_ids
+
+    def heads(self, sequences: list[list[int]]) -> Optional[list[list[int]]]:
+        """What each pair may share: all but its last token (the scored one); None with share_prefix off."""
+        return [s[:-1] for s in sequences] if self.share_prefix else None
 
     def _shared_logits(self, sequences: list[list[int]], shared: int, batch_tokens: Optional[int]) -> np.ndarray:
         """Pairs whose first `shared` tokens are the same -> (N,) float32 logits: that prefix once, then the rest."""

@@ -21,7 +21,7 @@ from typing import Optional
 import mlx.core as mx
 import numpy as np
 
-from ..batching import check_finite
+from ..batching import MIN_SHARED, check_finite, common_prefix
 from ..checks import check_int
 from ..contracts import EmbeddingModel, RerankModel
 from ..device import check_batch_tokens, release_memory
@@ -81,10 +81,16 @@ class Job:
     arrival: int = field(default_factory=lambda: next(_arrivals))
     vectors: Optional[np.ndarray] = None  # (N, dim), filled chunk by chunk
     kind: str = "embed"  # or "rerank"
+    shared: Optional[list[int]] = None  # rerank: tokens each pair starts with that the one before it ran already
 
     @property
     def tokens(self) -> int:
         return sum(len(s) for s in self.sequences)
+
+    def cost(self, i: int, first: int) -> int:
+        """Tokens sequence i adds to a model call whose part of this job starts at sequence `first`: all of them,
+        less what it shares with the pair before it in the call (a shared prefix runs once per call)."""
+        return len(self.sequences[i]) - (self.shared[i] if self.shared is not None and i > first else 0)
 
 
 @dataclass(eq=False)
@@ -107,7 +113,9 @@ class BatchWorker:
     """Owns the models; `submit` jobs from any thread, each job's future gets its (N, dim) float32 vectors.
 
     batch_tokens: token budget of one model call (also the padded-token budget of each forward pass inside it);
-    a big request is cut into chunks of this size; a single sequence larger than the budget still runs, alone.
+    a big request is cut into chunks of this size; a single sequence larger than the budget still runs, alone. A
+    rerank request's pairs count the prefix they share (template, instruction, query) once per call, as it runs
+    once: a call holds as many of one query's documents as their own tokens allow.
     max_batch_requests: at most this many requests per model call and in service at once (1 = no batching).
     max_queue: requests waiting beyond this are refused with QueueFull.
     cache_keep: bytes of freed buffers MLX may keep for the next call; past that its cache is released, so memory
@@ -191,6 +199,8 @@ class BatchWorker:
                 job = self.queue.get(timeout=0.1) if not self._active else self.queue.get_nowait()
             except queue.Empty:
                 return
+            if job.kind == "rerank":
+                job.shared = shared_starts(self.reranker.heads(job.sequences))
             self._active.append(job)
 
     def _take(self) -> list[Chunk]:
@@ -216,9 +226,9 @@ class BatchWorker:
                 self._turn = i
                 break
             stop = job.next
-            while stop < len(job.sequences) and (tokens + len(job.sequences[stop]) <= self.batch_tokens
+            while stop < len(job.sequences) and (tokens + job.cost(stop, job.next) <= self.batch_tokens
                                                  or not tokens):  # an over-budget sequence runs alone
-                tokens += len(job.sequences[stop])
+                tokens += job.cost(stop, job.next)
                 stop += 1
             if stop == job.next:  # its next sequence did not fit: it goes first next call
                 self._turn = i
@@ -296,6 +306,15 @@ class BatchWorker:
             job.future.set_result(job.vectors)
         except InvalidStateError:  # its client hung up during the last chunk
             pass
+
+
+def shared_starts(heads: Optional[list]) -> Optional[list[int]]:
+    """Per pair, the tokens of `heads` (RerankModel.heads) it shares with the pair before it, when that is enough
+    to run once (batching.MIN_SHARED); None when nothing is shared."""
+    if heads is None:
+        return None
+    shared = [common_prefix(a, b) for a, b in zip(heads, heads[1:])]
+    return [0] + [n if n >= MIN_SHARED else 0 for n in shared]
 
 
 def _fail(job: Job, error: Exception):

@@ -94,8 +94,7 @@ class VLReranker:
         it was batched with.
         """
         check_batch_tokens(batch_tokens)
-        marks: dict[int, int] = {}
-        heads = [self._head(p, marks) for p in prepared] if self.share_prefix else None
+        heads = self.heads(prepared)
 
         def whole(pairs: list) -> np.ndarray:
             return run_batches(pairs, self._logits, np.empty(len(pairs), np.float32), self.device,
@@ -104,6 +103,12 @@ class VLReranker:
         logits = by_shared_prefix(prepared, heads, lambda group, P: self._shared_logits(group, P, batch_tokens),
                                   whole)
         return logits if raw else sigmoid(logits)
+
+    def heads(self, prepared: list[Prepared]) -> Optional[list[list[int]]]:
+        """What each pair may share (_head; one mark per image object across `prepared`); None with share_prefix
+        off."""
+        marks: dict[int, int] = {}
+        return [self._head(p, marks) for p in prepared] if self.share_prefix else None
 
     def _head(self, p: Prepared, marks: dict[int, int]) -> list[int]:
         """What a pair may share, all but its last token: its ids, each vision token replaced by a mark of the
