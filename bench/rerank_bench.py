@@ -9,6 +9,7 @@ Writes bench/results/rerank.md.
 
     python bench/rerank_bench.py --llama-cpp DIR    # everything (~4 hours on 2 cores; without llama.cpp ~3)
     python bench/rerank_bench.py --queries 1 --rounds 1 --systems shared,whole   # the gain alone (~15 minutes)
+    python bench/rerank_bench.py --queries 20 --many-only --out /tmp/many.md   # 20 x 100 alone (~1 hour)
     python bench/rerank_bench.py --queries 2 --passages 6 --long-documents 2 --long-words 200 --rounds 1 \
         --out /tmp/rerank.md                        # a check that it runs (a few minutes)
 
@@ -142,9 +143,10 @@ def workloads(options) -> dict[str, list[tuple[str, list[str]]]]:
     spans = [int(round(3 * (options.long_words / 3) ** (i / max(options.passages - 1, 1))))
              for i in range(options.passages)]
     mixed = [" ".join((words * 2)[(31 * i) % len(words):][:n]) for i, n in enumerate(spans[::-1])]
-    runs = {f"1 x {len(passages)}": [(queries[0], passages)]}
-    if len(queries) > 1:
-        runs[f"{len(queries)} x {len(passages)}"] = [(q, passages) for q in queries]
+    many = {f"{len(queries)} x {len(passages)}": [(q, passages) for q in queries]} if len(queries) > 1 else {}
+    if options.many_only:
+        return many
+    runs = {f"1 x {len(passages)}": [(queries[0], passages)], **many}
     if options.long_documents:
         runs[f"1 x {len(long_documents)} long ({options.long_words} words)"] = [(queries[1 % len(queries)],
                                                                                  long_documents)]
@@ -174,6 +176,7 @@ def main():
                         "mixed one)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of every system (median)")
     parser.add_argument("--many-rounds", type=int, default=1, help="rounds of the many-query run (it is long)")
+    parser.add_argument("--many-only", action="store_true", help="run only the many-query workload")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "rerank.md"))
     parser.add_argument("--llama-cpp", type=Path, help="a llama.cpp source tree with build/bin/llama-server built")
     parser.add_argument("--systems", help="comma-separated, of: shared, whole, st, llama.cpp (default: all given)")
@@ -182,6 +185,8 @@ def main():
     chosen = (options.systems or "shared,whole,st" + (",llama.cpp" if options.llama_cpp else "")).split(",")
     if set(chosen) - set(known) or ("llama.cpp" in chosen and not options.llama_cpp):
         parser.error(f"--systems {options.systems}: choose among {', '.join(known)} (llama.cpp needs --llama-cpp)")
+    if options.many_only and options.queries < 2:
+        parser.error("--many-only needs --queries 2 or more")
     env = reexec_env()
     if env is not None:  # preload OpenBLAS like the CLI does
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
