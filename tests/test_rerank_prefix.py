@@ -232,14 +232,14 @@ def test_every_rerank_route_gives_the_whole_paths_scores(client, whole, route, b
 def test_the_worker_packs_a_query_s_documents_by_their_own_tokens(reranker, whole, shared):
     """A model call holds one query's pairs by the tokens beyond their shared prefix (which runs once a call):
     a budget that fits two whole pairs takes many, with the whole path's scores."""
-    from mlx_qwen3_embed.serve.worker import BatchWorker, Job
+    from mlx_qwen3_embed.serve.worker import BatchWorker, Job, shared_starts
 
     instruction = " ".join(DOCUMENTS[11:13])  # a long prefix, as a RAG query's template + instruction often is
     documents = ["a fox", "yes", DOCUMENTS[7], "the dog", "MLX", "no", "a lazy dog", "embeddings"]
     pairs = reranker.tokenize(QUERIES[1], documents, instruction=instruction)
     budget = 2 * max(map(len, pairs))
     worker = BatchWorker(None, reranker=reranker, batch_tokens=budget)
-    job = Job(pairs, 1, kind="rerank")
+    job = Job(pairs, 1, kind="rerank", shared=shared_starts(reranker.heads(pairs)))  # as the rerank routes queue it
     worker.submit(job)
     calls = 0
     while not job.future.done():
@@ -249,7 +249,7 @@ def test_the_worker_packs_a_query_s_documents_by_their_own_tokens(reranker, whol
     expected = whole.score(QUERIES[1], documents, instruction=instruction, batch_tokens=budget)
     assert np.abs(1 / (1 + np.exp(-job.future.result()[:, 0])) - expected).max() <= TOLERANCE
     whole_worker = BatchWorker(None, reranker=whole, batch_tokens=budget)  # share_prefix off: whole pairs count
-    whole_worker.submit(Job(pairs, 1, kind="rerank"))
+    whole_worker.submit(Job(pairs, 1, kind="rerank", shared=shared_starts(whole.heads(pairs))))
     assert len(whole_worker._take()) == 1 and whole_worker._active[0].next <= 2
 
 

@@ -127,11 +127,11 @@ async def prepare_off_loop(model: EmbeddingModel, inputs: list[Any], **options) 
 
 
 async def run(worker: BatchWorker, prepared: list, dim: int, normalize: bool = True, *,
-              kind: str = "embed") -> np.ndarray:
-    """Queue prepared inputs on the worker and wait: (N, dim) float32 (rerank: (N, 1) logits). A full queue
-    is a 429, a model failure a 500."""
+              kind: str = "embed", shared: Optional[list[int]] = None) -> np.ndarray:
+    """Queue prepared inputs on the worker and wait: (N, dim) float32 (rerank: (N, 1) logits; `shared`: the
+    pairs' worker.shared_starts). A full queue is a 429, a model failure a 500."""
     try:
-        future = worker.submit(Job(prepared, dim, normalize, kind=kind))
+        future = worker.submit(Job(prepared, dim, normalize, kind=kind, shared=shared))
     except QueueFull as e:
         raise ApiError(f"server busy: {e}; retry shortly", code="queue_full", status=429,
                        kind="rate_limit_error") from None

@@ -19,7 +19,7 @@ from . import jobs, schema
 from .errors import COHERE_PATHS, TEI_RERANK_PATH, ApiError
 from .items import VideoLimits, read_media
 from .schema import Answer
-from .worker import BatchWorker
+from .worker import BatchWorker, shared_starts
 
 RERANK_PATHS = COHERE_PATHS + (TEI_RERANK_PATH,)
 MEDIA = ("image", "video")  # what Jina's /v1/rerank items may hold besides text
@@ -119,9 +119,13 @@ def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorke
         if max_chars is not None:  # the query is read once per document
             query_text = query if isinstance(query, str) else query.get("text") or ""
             jobs.check_work(documents, query_text + (instruction or ""), max_chars, param)
+        def prepare() -> tuple[list, Optional[list[int]]]:  # in a thread: the worker's thread only runs the model
+            prepared = reranker.prepare_pairs([(query, d) for d in documents], instruction=instruction,
+                                              truncate=truncate)
+            return prepared, shared_starts(reranker.heads(prepared))
+
         try:
-            sequences = await run_in_threadpool(reranker.prepare_pairs, [(query, d) for d in documents],
-                                                instruction=instruction, truncate=truncate)
+            sequences, shared = await run_in_threadpool(prepare)
         except ValueError as e:
             if "max_length" not in str(e):  # an item without content, an unreadable image: the model's refusal
                 raise _refused(e, param) from None
@@ -134,7 +138,7 @@ def add_routes(app: FastAPI, reranker: Optional[RerankModel], worker: BatchWorke
                            "context_length_exceeded", status=413 if not truncate else 400) from None
         except (TypeError, FileNotFoundError) as e:  # an image for a text reranker
             raise _refused(e, param) from None
-        logits = await jobs.run(worker, sequences, 1, kind="rerank")
+        logits = await jobs.run(worker, sequences, 1, kind="rerank", shared=shared)
         tokens = sum(len(s) for s in sequences)
         metrics.embedded(len(sequences), tokens)
         return logits[:, 0], tokens

@@ -81,7 +81,7 @@ class Job:
     arrival: int = field(default_factory=lambda: next(_arrivals))
     vectors: Optional[np.ndarray] = None  # (N, dim), filled chunk by chunk
     kind: str = "embed"  # or "rerank"
-    shared: Optional[list[int]] = None  # rerank: tokens each pair starts with that the one before it ran already
+    shared: Optional[list[int]] = None  # rerank: tokens each pair shares with the one before it (shared_starts)
 
     @property
     def tokens(self) -> int:
@@ -199,8 +199,6 @@ class BatchWorker:
                 job = self.queue.get(timeout=0.1) if not self._active else self.queue.get_nowait()
             except queue.Empty:
                 return
-            if job.kind == "rerank":
-                job.shared = shared_starts(self.reranker.heads(job.sequences))
             self._active.append(job)
 
     def _take(self) -> list[Chunk]:
