@@ -50,6 +50,10 @@ def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float,
     S = k.shape[2] - L
     if not kernels.chunked_attention or L <= CHUNK:
         return _attend(q, k, v, scale, kernels)
+    # k and v arrive transposed (B, L, KV, hd -> B, KV, L, hd): copied once here, not by every block's matmul
+    # (one 1,221-token pair, 3 alternating rounds: 16.0/17.7/13.1 s before, 13.2/14.5/12.9 s after); a no-op for
+    # the already contiguous keys of a shared prefix (PrefixCache's concatenation)
+    k, v = mx.contiguous(k), mx.contiguous(v)
     blocks = []
     for start in range(0, L, CHUNK):
         end = min(start + CHUNK, L)
